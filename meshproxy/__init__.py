@@ -1,0 +1,3 @@
+"""
+meshproxy: a protocol-multiplexing proxy appliance on Twisted.
+"""

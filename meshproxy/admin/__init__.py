@@ -1,0 +1,3 @@
+"""
+The admin endpoint: a twisted.web resource tree.
+"""

@@ -1,0 +1,3 @@
+"""
+Upstream clusters: hosts, load balancers, connections.
+"""

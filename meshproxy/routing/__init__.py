@@ -1,0 +1,3 @@
+"""
+Route tables and matching (pure).
+"""

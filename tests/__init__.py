@@ -1,0 +1,3 @@
+"""
+meshproxy's trial test suite.
+"""

@@ -1,0 +1,3 @@
+"""
+Integration tests: real processes, sockets and clients on 127.0.0.1.
+"""
