@@ -1,0 +1,164 @@
+"""
+The admin endpoint's resources: readiness, the running config, statistics, MOSN's states.
+
+Kept on its own endpoint (loopback by default), served by C{twisted.web}: it is the control
+plane, never on the data path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from meshproxy.config import configDump
+
+
+def _json(request: Request, value: object, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def _text(request: Request, text: str, code: int = 200, contentType: bytes = b"text/plain; charset=utf-8") -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", contentType)
+    return text.encode("utf-8")
+
+
+class _Leaf(Resource):
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+
+class ReadyResource(_Leaf):
+    """
+    C{/ready}: 200 while running with every listener bound, else 503 with the reasons.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        ready, reasons = self.service.readiness()
+        if ready:
+            return _text(request, "ready\n")
+        return _text(request, "not ready: " + "; ".join(reasons) + "\n", 503)
+
+
+class ConfigDumpResource(_Leaf):
+    """
+    C{/api/v1/config_dump}: the running configuration with every default filled in, keys redacted.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, configDump(self.service.config))
+
+
+class StatsResource(_Leaf):
+    """
+    C{/api/v1/stats}: every metric as JSON (C{?key=NAME} keeps one family).
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        stats = self.service.stats.asDict()
+        keys = request.args.get(b"key")
+        if keys:
+            wanted = {k.decode("utf-8", "replace") for k in keys}
+            stats = {k: v for k, v in stats.items() if k in wanted}
+        return _json(request, stats)
+
+
+class PrometheusResource(_Leaf):
+    """
+    C{/stats/prometheus}: every metric in the Prometheus text format.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        return _text(request, self.service.stats.prometheus(), contentType=b"text/plain; version=0.0.4; charset=utf-8")
+
+
+class StatesResource(_Leaf):
+    """
+    C{/api/v1/states}: MOSN's C{pid=<pid>&state=<stage>} (6 running, 8 gracefully stopping).
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        return _text(request, f"pid={os.getpid()}&state={self.service.mosnState()}\n")
+
+
+class ClustersResource(_Leaf):
+    """
+    C{/clusters}: each cluster's hosts with their health and live counters (JSON).
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(
+            request,
+            {
+                cluster.name: {
+                    "lb_type": cluster.config.lbType,
+                    "connections_active": cluster.connectionsActive.value,
+                    "connections_total": cluster.connectionsTotal.value,
+                    "connect_failures": cluster.connectFailures.value,
+                    "hosts": [
+                        {
+                            "address": h.address,
+                            "weight": h.weight,
+                            "healthy": h.healthy,
+                            "connections_active": h.activeConnections,
+                            "connections_total": h.connectionsTotal.value,
+                            "connect_failures": h.connectFailures.value,
+                        }
+                        for h in cluster.hosts
+                    ],
+                }
+                for cluster in self.service.clusters
+            },
+        )
+
+
+class IndexResource(_Leaf):
+    """
+    C{/}: the list of admin endpoints.
+    """
+
+    def __init__(self, service: Any, paths: list[str]) -> None:
+        super().__init__(service)
+        self.paths = paths
+
+    def render_GET(self, request: Request) -> bytes:
+        return _text(request, "meshproxy admin endpoints:\n" + "".join(f"  {p}\n" for p in self.paths))
+
+
+def buildAdminSite(service: Any) -> Site:
+    """
+    The admin C{Site} for C{service} (a L{meshproxy.service.MeshProxyService}).
+    """
+    routes: dict[str, Resource] = {
+        "/ready": ReadyResource(service),
+        "/clusters": ClustersResource(service),
+        "/stats/prometheus": PrometheusResource(service),
+        "/api/v1/config_dump": ConfigDumpResource(service),
+        "/api/v1/stats": StatsResource(service),
+        "/api/v1/states": StatesResource(service),
+    }
+    root = Resource()
+    root.putChild(b"", IndexResource(service, sorted(routes)))
+    for path, leaf in routes.items():
+        parent = root
+        segments = path.strip("/").split("/")
+        for segment in segments[:-1]:
+            child = parent.children.get(segment.encode())
+            if child is None:
+                child = Resource()
+                parent.putChild(segment.encode(), child)
+            parent = child
+        parent.putChild(segments[-1].encode(), leaf)
+    site = Site(root)
+    site.noisy = False
+    site.displayTracebacks = False
+    return site

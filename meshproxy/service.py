@@ -1,0 +1,162 @@
+"""
+Config -> the running service tree.
+
+The root L{MeshProxyService} owns one L{ClusterSet}, the admin endpoint and one
+L{ListenerService} per listener.  Services start in order and stop in reverse, so the admin
+endpoint is the first up and the last down: it reports readiness and the drain while listeners
+stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from meshproxy.cluster.cluster import ClusterSet
+from meshproxy.config import Config, ConfigError, Problem, TCPProxyConfig, parseConfig
+from meshproxy.interfaces import INetworkFilterFactory
+from meshproxy.listeners import FilterChainRuntime, ListenerFactory, ListenerService
+from meshproxy.proxy.tcp import TCPProxyFilter
+from meshproxy.stats import StatsStore
+
+# MOSN's stage numbers, as /api/v1/states reports them.
+STATE_RUNNING = 6
+STATE_GRACEFUL_STOPPING = 8
+
+
+def loadConfigFile(path: str) -> Config:
+    """
+    Read and parse the config file at C{path}; an unreadable file is a L{ConfigError} too.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError((Problem("$", f"cannot read config file {path!r}: {e.strerror}"),)) from e
+    return parseConfig(data)
+
+
+def buildNetworkFilter(
+    config: object, clusters: ClusterSet, reactor: Any, stats: StatsStore
+) -> INetworkFilterFactory:
+    """
+    The runtime network filter for one parsed filter config.
+    """
+    if isinstance(config, TCPProxyConfig):
+        return TCPProxyFilter(config, clusters, reactor, stats)
+    # The config layer rejects filters whose runtime does not exist yet; reaching here is a bug.
+    raise TypeError(f"no runtime for network filter config {config!r}")
+
+
+class MeshProxyService(MultiService):
+    """
+    The whole proxy for one configuration.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        stats: StatsStore | None = None,
+        configPath: str = "",
+        installSignalHandlers: bool = False,
+    ) -> None:
+        super().__init__()
+        self._installSignalHandlers = installSignalHandlers
+        # Imported here: the admin package imports this module's states.
+        from meshproxy.admin.resources import buildAdminSite
+
+        self.config = config
+        self.configPath = configPath
+        self.reactor = reactor
+        self.stats = stats if stats is not None else StatsStore()
+        self.state = "starting"
+        self.clusters = ClusterSet.fromConfig(config, reactor, self.stats)
+        self.listenerServices: list[ListenerService] = []
+        admin = StreamServerEndpointService(
+            serverFromString(reactor, config.admin.endpoint), buildAdminSite(self)
+        )
+        admin._raiseSynchronously = True
+        admin.setName("admin")
+        admin.setServiceParent(self)
+        self.adminService = admin
+        for listenerConfig in config.listeners:
+            chains = [
+                FilterChainRuntime(
+                    chain, [buildNetworkFilter(f, self.clusters, reactor, self.stats) for f in chain.filters]
+                )
+                for chain in listenerConfig.filterChains
+            ]
+            factory = ListenerFactory(listenerConfig, chains, reactor, self.stats)
+            endpoint = serverFromString(reactor, listenerConfig.endpoint)
+            service = ListenerService(listenerConfig, endpoint, factory)
+            service.setServiceParent(self)
+            self.listenerServices.append(service)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            if self.adminService._waitingForPort is None:
+                raise type(e)(f"admin endpoint {self.config.admin.endpoint!r} could not listen: {e}") from e
+            raise
+
+    def startService(self) -> None:
+        super().startService()
+        self.state = "running"
+        if self._installSignalHandlers:
+            # twistd's own handlers make the process exit *by* the signal once the reactor stops;
+            # a drained, orderly stop is a success, so exit 0 instead.  The reactor installs its
+            # handlers when it starts running, so ours go in after that.
+            self.reactor.callWhenRunning(self._takeSignals)
+        self.log.info(
+            "meshproxy running: {listeners} listeners, {clusters} clusters, admin on {admin}, pid {pid}",
+            listeners=len(self.listenerServices), clusters=len(self.clusters),
+            admin=self.config.admin.endpoint, pid=os.getpid(),
+        )
+
+    def _takeSignals(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stopSignal)
+
+    def _stopSignal(self, signum: int, frame: object) -> None:
+        self.log.info("received {signal}: stopping", signal=signal.Signals(signum).name)
+        self.reactor.callFromThread(self.reactor.stop)
+
+    def stopService(self) -> Any:
+        """
+        Stop accepting and drain every listener; only then stop the admin endpoint, so that
+        readiness (503) and stats stay visible for the whole drain.
+        """
+        self.state = "draining"
+        self.log.info("meshproxy stopping: no new connections, draining open ones")
+        Service.stopService(self)
+        drained = defer.DeferredList(
+            [defer.maybeDeferred(s.stopService) for s in reversed(self.listenerServices)]
+        )
+        drained.addCallback(lambda _: self.adminService.stopService())
+        return drained
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """
+        Whether the proxy should receive traffic, and if not, why.
+        """
+        reasons = [f"listener {s.config.name!r} is not bound" for s in self.listenerServices if not s.bound]
+        if self.state != "running":
+            reasons.insert(0, f"meshproxy is {self.state}")
+        return (not reasons, reasons)
+
+    def mosnState(self) -> int:
+        """
+        MOSN's stage number for C{/api/v1/states}.
+        """
+        return STATE_RUNNING if self.state == "running" else STATE_GRACEFUL_STOPPING
