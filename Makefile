@@ -60,7 +60,7 @@ typecheck: venv-test
 	$(VENV)/bin/mypy
 
 bench: venv
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py --mode tcp
 
 clean:
 	rm -rf $(VENV) _trial_temp* .mypy_cache build *.egg-info twisted/plugins/dropin.cache
