@@ -20,10 +20,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from meshproxy.cluster.cluster import ClusterSet
-from meshproxy.config import Config, ConfigError, Problem, TCPProxyConfig, parseConfig
+from meshproxy.cluster.pool import PoolSet
+from meshproxy.config import Config, ConfigError, HTTPProxyConfig, Problem, TCPProxyConfig, parseConfig
+from meshproxy.http import HTTPLimits
 from meshproxy.interfaces import INetworkFilterFactory
 from meshproxy.listeners import FilterChainRuntime, ListenerFactory, ListenerService
+from meshproxy.proxy.http import HTTPProxyFilter, HTTPSettings
 from meshproxy.proxy.tcp import TCPProxyFilter
+from meshproxy.proxy.upstream import dialerFor
+from meshproxy.routing.table import RouteTable, RouteTables, routerProblems
 from meshproxy.stats import StatsStore
 
 # MOSN's stage numbers, as /api/v1/states reports them.
@@ -40,19 +45,65 @@ def loadConfigFile(path: str) -> Config:
             data = f.read()
     except OSError as e:
         raise ConfigError((Problem("$", f"cannot read config file {path!r}: {e.strerror}"),)) from e
-    return parseConfig(data)
+    config = parseConfig(data)
+    problems = runtimeProblems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
-def buildNetworkFilter(
-    config: object, clusters: ClusterSet, reactor: Any, stats: StatsStore
-) -> INetworkFilterFactory:
+def runtimeProblems(config: Config) -> list[Problem]:
     """
-    The runtime network filter for one parsed filter config.
+    What the runtime refuses in a config the parser accepted (route tables that cannot be
+    compiled), with JSON paths.
     """
-    if isinstance(config, TCPProxyConfig):
-        return TCPProxyFilter(config, clusters, reactor, stats)
-    # The config layer rejects filters whose runtime does not exist yet; reaching here is a bug.
-    raise TypeError(f"no runtime for network filter config {config!r}")
+    return [
+        Problem(f"servers[{i}].routers[{j}].{path}", message)
+        for i, server in enumerate(config.servers)
+        for j, router in enumerate(server.routers)
+        for path, message in routerProblems(router)
+    ]
+
+
+def httpSettings(config: HTTPProxyConfig) -> HTTPSettings:
+    """
+    The connection manager's settings for one C{proxy} filter (MOSN's C{extend_config.Http1}).
+    """
+    extend = config.extendConfig
+    return HTTPSettings(
+        limits=HTTPLimits(maxHeaderBytes=extend.maxHeaderSize),
+        maxRequestBodyBytes=extend.maxRequestBodySize,
+    )
+
+
+class FilterBuilder:
+    """
+    Builds the runtime network filters of one configuration, sharing clusters and pools.
+    """
+
+    def __init__(self, clusters: ClusterSet, pools: PoolSet, reactor: Any, stats: StatsStore) -> None:
+        self.clusters = clusters
+        self.pools = pools
+        self.reactor = reactor
+        self.stats = stats
+        self._tables: dict[tuple[int, str], RouteTable] = {}
+
+    def build(self, config: object, serverIndex: int, server: Any, listenerName: str) -> INetworkFilterFactory:
+        """
+        The runtime network filter for one parsed filter config.
+        """
+        if isinstance(config, TCPProxyConfig):
+            return TCPProxyFilter(config, self.clusters, self.reactor, self.stats)
+        if isinstance(config, HTTPProxyConfig):
+            key = (serverIndex, config.routerConfigName)
+            table = self._tables.get(key)
+            if table is None:
+                table = self._tables[key] = RouteTables.fromServer(server)[config.routerConfigName]
+            return HTTPProxyFilter(
+                config, table, self.clusters, self.pools, self.reactor, self.stats, listenerName, httpSettings(config)
+            )
+        # The config layer rejects filters whose runtime does not exist yet; reaching here is a bug.
+        raise TypeError(f"no runtime for network filter config {config!r}")
 
 
 class MeshProxyService(MultiService):
@@ -81,6 +132,9 @@ class MeshProxyService(MultiService):
         self.stats = stats if stats is not None else StatsStore()
         self.state = "starting"
         self.clusters = ClusterSet.fromConfig(config, reactor, self.stats)
+        self.pools = PoolSet(reactor, self.stats, dialerFor(HTTPLimits()))
+        self.routeTables: dict[str, RouteTable] = {}
+        builder = FilterBuilder(self.clusters, self.pools, reactor, self.stats)
         self.listenerServices: list[ListenerService] = []
         admin = StreamServerEndpointService(
             serverFromString(reactor, config.admin.endpoint), buildAdminSite(self)
@@ -89,10 +143,11 @@ class MeshProxyService(MultiService):
         admin.setName("admin")
         admin.setServiceParent(self)
         self.adminService = admin
-        for listenerConfig in config.listeners:
+        listeners = [(i, server, lc) for i, server in enumerate(config.servers) for lc in server.listeners]
+        for serverIndex, server, listenerConfig in listeners:
             chains = [
                 FilterChainRuntime(
-                    chain, [buildNetworkFilter(f, self.clusters, reactor, self.stats) for f in chain.filters]
+                    chain, [builder.build(f, serverIndex, server, listenerConfig.name) for f in chain.filters]
                 )
                 for chain in listenerConfig.filterChains
             ]
@@ -143,6 +198,7 @@ class MeshProxyService(MultiService):
         drained = defer.DeferredList(
             [defer.maybeDeferred(s.stopService) for s in reversed(self.listenerServices)]
         )
+        drained.addCallback(lambda _: self.pools.stop())
         drained.addCallback(lambda _: self.adminService.stopService())
         return drained
 

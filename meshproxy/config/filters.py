@@ -36,7 +36,7 @@ from meshproxy.config.reader import (
 )
 
 #: Network filters meshproxy can run.  A chain using any other (parsed) filter is rejected with one error.
-IMPLEMENTED_NETWORK_FILTERS = frozenset({"tcp_proxy"})
+IMPLEMENTED_NETWORK_FILTERS = frozenset({"tcp_proxy", "proxy"})
 
 #: What each network filter meshproxy parses is, for messages.
 NETWORK_FILTER_DESCRIPTIONS = {"proxy": "HTTP/1 L7 proxy", "tcp_proxy": "L4 TCP relay"}

@@ -1,0 +1,148 @@
+"""
+Building the heads a proxy forwards: the upstream request from the client's parsed request, and
+the client's response from the upstream's parsed response.
+
+Forwarded heads are rebuilt from the parsed form, never copied from the received bytes. One pass
+over the received fields drops hop-by-hop fields (the standard ones and every option named in
+Connection), the route's removals and the fields the proxy owns (framing, Host, the forwarding
+headers); then the proxy's own fields and the route's additions are appended.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+from meshproxy.http import RequestHead, ResponseHead, hopByHopNames
+
+Fields = list[tuple[bytes, bytes]]
+
+# Request fields the proxy writes itself (the values of some are combined with what came in).
+_REQUEST_OWNED = frozenset(
+    [b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+     b"via", b"x-request-id"]
+)
+_RESPONSE_OWNED = frozenset([b"content-length"])
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}\Z")
+VIA = b"1.1 meshproxy"
+
+
+def newRequestId() -> bytes:
+    """
+    A random UUID-formatted request id (version 4 layout).
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex().encode()
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+
+
+class RequestDropSets:
+    """
+    The names to drop from forwarded requests for each route, computed once per route.
+    """
+
+    def __init__(self) -> None:
+        self._byRoute: dict[int, frozenset[bytes]] = {}
+
+    def forRoute(self, route: Any) -> frozenset[bytes]:
+        key = id(route)
+        drop = self._byRoute.get(key)
+        if drop is None:
+            drop = self._byRoute[key] = hopByHopNames(frozenset()) | _REQUEST_OWNED | route.requestHeadersToRemove
+        return drop
+
+
+def upstreamRequestFields(
+    head: RequestHead,
+    drop: frozenset[bytes],
+    host: bytes,
+    clientIP: bytes,
+    scheme: bytes,
+    adds: Sequence[Any],
+    variables: Mapping[str, bytes],
+    bodyFraming: tuple[bytes, bytes] | None,
+) -> tuple[Fields, bytes]:
+    """
+    The header fields of the upstream request for C{head}, and the request id used.
+
+    C{bodyFraming} is the single framing field to send (C{Content-Length} or
+    C{Transfer-Encoding: chunked}), or C{None} for no body.
+    """
+    if head.connectionTokens:
+        drop = drop | head.connectionTokens
+    out: Fields = []
+    xff: bytes | None = None
+    via: bytes | None = None
+    requestId: bytes | None = None
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in drop:
+            if lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            elif lname == b"via":
+                via = value if via is None else via + b", " + value
+            elif lname == b"x-request-id" and requestId is None and _REQUEST_ID.match(value):
+                requestId = value
+            continue
+        out.append((name, value))
+    if requestId is None:
+        requestId = newRequestId()
+    out.append((b"Host", host))
+    out.append((b"X-Forwarded-For", clientIP if xff is None else xff + b", " + clientIP))
+    out.append((b"X-Forwarded-Proto", scheme))
+    if head.host is not None:
+        out.append((b"X-Forwarded-Host", head.host))
+    out.append((b"Via", VIA if via is None else via + b", " + VIA))
+    out.append((b"X-Request-Id", requestId))
+    if head.upgrade is not None:
+        out.append((b"Connection", b"upgrade"))
+        out.append((b"Upgrade", head.upgrade))
+    if adds:
+        applyAdds(out, adds, dict(variables, request_id=requestId))
+    if bodyFraming is not None:
+        out.append(bodyFraming)
+    return out, requestId
+
+
+def applyAdds(fields: Fields, adds: Sequence[Any], variables: Mapping[str, bytes]) -> None:
+    """
+    Apply a route's header additions: replace all current values unless C{append}.
+    """
+    for add in adds:
+        if not add.append:
+            lname = add.lowerName
+            fields[:] = [f for f in fields if f[0].lower() != lname]
+        fields.append((add.name, add.value(variables)))
+
+
+def clientResponseFields(
+    head: ResponseHead,
+    removals: frozenset[bytes],
+    adds: Sequence[Any],
+    variables: Mapping[str, bytes],
+    framing: tuple[bytes, bytes] | None,
+    connection: bytes | None,
+    upgrade: bool = False,
+) -> Fields:
+    """
+    The header fields of the response to the client: upstream fields minus hop-by-hop ones and
+    the route's removals, plus the route's additions, the framing field and C{Connection}.
+    """
+    drop = hopByHopNames(head.connectionTokens) | _RESPONSE_OWNED
+    if removals:
+        drop = drop | removals
+    out: Fields = [(n, v) for n, v in head.headers if n.lower() not in drop]
+    if upgrade:
+        for value in head.headerValues(b"upgrade"):
+            out.append((b"Upgrade", value))
+        out.append((b"Connection", b"upgrade"))
+    if adds:
+        applyAdds(out, adds, variables)
+    if framing is not None:
+        out.append(framing)
+    if connection is not None:
+        out.append((b"Connection", connection))
+    return out

@@ -1,0 +1,674 @@
+"""
+The C{proxy} network filter: an HTTP/1.1 connection manager for one client connection.
+
+Requests are parsed with the strict codec, routed, and forwarded on a pooled keep-alive upstream
+connection; bodies stream both ways with backpressure (each transport is the other's producer for
+the length of a body) and nothing buffers a whole body.  Pipelined requests are answered in
+order: the parser keeps the next request buffered (bounded) until the current response is done.
+A 101 answer to an Upgrade switches both sides to a raw relay.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from meshproxy.cluster.cluster import ClusterSet, UpstreamHost
+from meshproxy.cluster.pool import PoolSet
+from meshproxy.config import HTTPProxyConfig
+from meshproxy.http import (
+    NEED_DATA,
+    PAUSED,
+    SERVER,
+    BodyData,
+    ConnectionClosed,
+    EndOfMessage,
+    HTTP1Parser,
+    HTTPLimits,
+    HTTPParseError,
+    RequestHead,
+    ResponseHead,
+    chunk,
+    lastChunk,
+    reasonPhrase,
+    requestHead,
+    responseHasBody,
+    responseHead,
+)
+from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
+from meshproxy.proxy.forward import RequestDropSets, clientResponseFields, upstreamRequestFields
+from meshproxy.proxy.tunnel import startTunnel
+from meshproxy.proxy.upstream import setNoDelay
+from meshproxy.routing.table import RouteTable, splitTarget
+from meshproxy.stats import StatsStore
+
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
+_CHUNKED = (b"Transfer-Encoding", b"chunked")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HTTPSettings:
+    """
+    The connection manager's limits and timeouts (the architecture's defaults).
+    """
+
+    def __init__(
+        self,
+        limits: HTTPLimits = HTTPLimits(),
+        headerTimeout: float = 10.0,
+        idleTimeout: float = 60.0,
+        bodyTimeout: float = 60.0,
+        maxRequestsPerConnection: int = 1000,
+        maxRequestBodyBytes: int = 0,
+        bufferLimit: int = 65536,
+        maxConnectRetries: int = 2,
+    ) -> None:
+        self.limits = limits
+        self.headerTimeout = headerTimeout
+        self.idleTimeout = idleTimeout
+        self.bodyTimeout = bodyTimeout
+        self.maxRequestsPerConnection = maxRequestsPerConnection
+        self.maxRequestBodyBytes = maxRequestBodyBytes
+        self.bufferLimit = bufferLimit
+        self.maxConnectRetries = maxConnectRetries
+
+
+class HTTPStats:
+    """
+    The HTTP filter's counters, shared by its connections.
+    """
+
+    def __init__(self, stats: StatsStore, listener: str) -> None:
+        self._stats = stats
+        self._listener = listener
+        self.requests = stats.counter("http_downstream_rq_total", "HTTP requests received.", listener=listener)
+        self.active = stats.gauge("http_downstream_rq_active", "HTTP requests in flight.", listener=listener)
+        self.retries = stats.counter("http_upstream_rq_retry_total", "Requests retried upstream.", listener=listener)
+        self._byClass = [
+            stats.counter("http_downstream_rq_xx_total", "HTTP responses by status class.", listener=listener,
+                          code_class=f"{n}xx")
+            for n in range(1, 6)
+        ]
+
+    def responded(self, status: int) -> None:
+        self._byClass[min(max(status // 100, 1), 5) - 1].value += 1
+
+    def localReply(self, reason: str) -> None:
+        self._stats.counter(
+            "http_local_reply_total", "Responses meshproxy made itself, by reason.", listener=self._listener,
+            reason=reason,
+        ).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._stats.counter(
+            "http_downstream_rq_rejected_total", "Requests refused as malformed, by reason.",
+            listener=self._listener, reason=reason,
+        ).inc()
+
+
+@implementer(INetworkFilterFactory)
+class HTTPProxyFilter:
+    """
+    Builds an L{HTTPServerConnection} per client connection of a C{proxy} filter chain.
+    """
+
+    name = "proxy"
+
+    def __init__(
+        self,
+        config: HTTPProxyConfig,
+        routes: RouteTable,
+        clusters: ClusterSet,
+        pools: PoolSet,
+        clock: IReactorTime,
+        stats: StatsStore,
+        listenerName: str,
+        settings: HTTPSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.routes = routes
+        self.clusters = clusters
+        self.pools = pools
+        self.clock = clock
+        self.settings = settings or HTTPSettings()
+        self.stats = HTTPStats(stats, listenerName)
+        self.dropSets = RequestDropSets()
+
+    def acceptsProtocol(self, protocol: str) -> bool:
+        """
+        HTTP/1 always; anything else only when no fallback filter follows (it then gets a 400).
+        """
+        return protocol == "http1" or (not self.config.fallbackForUnknownProtocol and protocol != "tls")
+
+    def buildProtocol(self, downstream: IDownstreamConnection) -> HTTPServerConnection:
+        return HTTPServerConnection(self, downstream)
+
+
+class HTTPServerConnection(Protocol):
+    """
+    One client connection: at most one exchange (request and its response) at a time.
+
+    States:
+      - IDLE: between requests (keep-alive idle timer running).
+      - HEAD: part of a request head has arrived (head deadline running: 408).
+      - UPSTREAM: a request is routed and waits for, or is being sent on, an upstream connection.
+      - RESPONDING: the response is streaming to the client.
+      - TUNNEL: a 101 switched the connection to a raw relay.
+      - CLOSED
+    """
+
+    log = Logger()
+    IDLE, HEAD, UPSTREAM, RESPONDING, TUNNEL, CLOSED = "IDLE", "HEAD", "UPSTREAM", "RESPONDING", "TUNNEL", "CLOSED"
+
+    def __init__(self, filter: HTTPProxyFilter, downstream: IDownstreamConnection) -> None:
+        self.filter = filter
+        self.downstream = downstream
+        self.settings = filter.settings
+        self.stats = filter.stats
+        self.clock = filter.clock
+        self.parser = HTTP1Parser(SERVER, filter.settings.limits)
+        self.state = self.IDLE
+        self.requestCount = 0
+        self._timer: IDelayedCall | None = None
+        self._timerKind = ""
+        self._readPaused = False
+        self._pumping = False
+        client = downstream.clientAddress
+        self._clientIP = client[0].encode() if client is not None else b"unix"
+        self._resetExchange()
+
+    def _resetExchange(self) -> None:
+        self.head: RequestHead | None = None
+        self.route: Any = None
+        self.cluster: Any = None
+        self.host: UpstreamHost | None = None
+        self.upstream: Any = None
+        self._tried: list[UpstreamHost] = []
+        self._upstreamHead = b""
+        self._requestDone = False
+        self._requestBodySent = 0
+        self._requestChunked = False
+        self._requestHasBody = False
+        self._awaitingSwitch = False
+        self._responseStarted = False
+        self._responseChunked = False
+        self._responseHasBody = True
+        self._keepAlive = True
+        self._status = 0
+        self._started = 0.0
+        self._lastActivity = 0.0
+        self._requestId = b""
+        self._reused = False
+        self._upstreamFields: list[tuple[bytes, bytes]] = []
+        self._upstreamTarget = b""
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        self.transport.bufferSize = self.settings.bufferLimit  # type: ignore[union-attr]
+        self._arm(self.settings.headerTimeout, "header")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == self.IDLE:
+            self.state = self.HEAD
+            self._arm(self.settings.headerTimeout, "header")
+        self.parser.feed(data)
+        self._pump()
+
+    def readConnectionLost(self) -> None:
+        """
+        Not half-closeable: a client FIN ends the connection (its pending response is dropped).
+        """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        previous = self.state
+        self.state = self.CLOSED
+        self._cancelTimer()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None and previous in (self.UPSTREAM, self.RESPONDING):
+            upstream.exchange = None
+            upstream.close()
+        elif previous == self.UPSTREAM and self.cluster is not None:
+            self.filter.pools.get(self.cluster).cancel(self)
+        if self.head is not None:
+            self.stats.active.value -= 1
+            self.head = None
+        self.downstream.closed()
+
+    # -- reading requests --------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """
+        Pull parser events while the current exchange can take them.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        parser = self.parser
+        try:
+            while self.state != self.CLOSED:
+                if self.head is not None and (self._requestDone or self.upstream is None or self._awaitingSwitch):
+                    break
+                event = parser.nextEvent()
+                kind = type(event)
+                if kind is BodyData:
+                    self._requestBody(event.data)  # type: ignore[union-attr]
+                elif event is NEED_DATA:
+                    break
+                elif kind is RequestHead:
+                    self._startRequest(event)  # type: ignore[arg-type]
+                elif kind is EndOfMessage:
+                    self._requestEnd(event.trailers)  # type: ignore[union-attr]
+                elif event is PAUSED:
+                    self._awaitingSwitch = True
+                elif kind is ConnectionClosed:
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    break
+        except HTTPParseError as e:
+            self._reject(e)
+        finally:
+            self._pumping = False
+        buffered = parser.bufferedBytes
+        if buffered > self.settings.bufferLimit:
+            if not self._readPaused:
+                self._readPaused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+        elif self._readPaused and buffered <= self.settings.bufferLimit // 2:
+            self._readPaused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _reject(self, error: HTTPParseError) -> None:
+        self.stats.rejected(error.reason)
+        self.log.info(
+            "{listener}: rejected request from {client}: {status} {reason}",
+            listener=self.downstream.listenerName, client=self.downstream.clientAddress,
+            status=error.status, reason=error.reason,
+        )
+        if self.upstream is not None:
+            # The request was already on its way: the upstream saw a truncated request.
+            self.upstream.exchange = None
+            self.upstream.close()
+            self.upstream = None
+        if self._responseStarted:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._localReply(error.status, error.reason, close=True)
+
+    def _startRequest(self, head: RequestHead) -> None:
+        self.requestCount += 1
+        self.head = head
+        self._started = self.clock.seconds()
+        self._lastActivity = self._started
+        self.stats.requests.value += 1
+        self.stats.active.value += 1
+        self.state = self.UPSTREAM
+        self._keepAlive = head.keepAlive and self.requestCount < self.settings.maxRequestsPerConnection
+        self._requestHasBody = head.chunked or bool(head.contentLength)
+        self._cancelTimer()
+        limit = self.settings.maxRequestBodyBytes
+        if limit and head.contentLength is not None and head.contentLength > limit:
+            self._localReply(413, "request_body_too_large", close=True)
+            return
+        if head.method == b"CONNECT":
+            self._localReply(405, "connect_not_supported", close=True)
+            return
+        authority, target = splitTarget(head.target)
+        host = authority if authority is not None else head.host
+        route = self.filter.routes.route(host, target, head.method, head.headers)
+        if route is None:
+            self._localReply(404, "no_route")
+            return
+        self.route = route
+        kind = route.kind
+        if kind == "direct":
+            self._localReply(route.status, "", body=route.body, error=False)
+            return
+        if kind == "redirect":
+            location = route.location(b"http", host or b"", target)
+            self._localReply(route.status, "", extra=[(b"Location", location)], error=False)
+            return
+        clusterName = route.clusterFor(head.headers)
+        if clusterName is None:
+            self._localReply(404, "no_cluster_header")
+            return
+        try:
+            self.cluster = self.filter.clusters.get(clusterName)
+        except KeyError:
+            self._localReply(503, "cluster_not_found")
+            return
+        upstreamTarget = route.rewriteTarget(target)
+        upstreamHost = route.hostRewrite or host or b""
+        framing: tuple[bytes, bytes] | None = None
+        if head.chunked:
+            framing = _CHUNKED
+            self._requestChunked = True
+        elif head.contentLength:
+            framing = (b"Content-Length", b"%d" % head.contentLength)
+        adds = route.requestHeadersToAdd
+        fields, self._requestId = upstreamRequestFields(
+            head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, b"http", adds,
+            self._variables() if adds else {}, framing,
+        )
+        self._upstreamFields = fields
+        self._upstreamTarget = upstreamTarget
+        self._dispatch()
+
+    def _variables(self) -> dict[str, bytes]:
+        client = self.downstream.clientAddress
+        local = self.downstream.localAddress
+        return {
+            "downstream_remote_address": (f"{client[0]}:{client[1]}" if client else "").encode(),
+            "downstream_local_address": (f"{local[0]}:{local[1]}" if local else "").encode(),
+            "downstream_protocol": b"HTTP/1.1",
+            "request_id": self._requestId,
+        }
+
+    # -- upstream -----------------------------------------------------------------------------------
+
+    def _dispatch(self, fresh: bool = False) -> None:
+        cluster = self.cluster
+        host = cluster.chooseHost(exclude=self._tried)
+        if host is None:
+            if self._tried:
+                self._localReply(502, "upstream_connect_failed")
+            else:
+                self._localReply(503, "no_healthy_upstream")
+            return
+        self._tried.append(host)
+        self.host = host
+        self.filter.pools.get(cluster).acquire(host, self, fresh)
+
+    def connectionReady(self, upstream: Any, reused: bool) -> None:
+        """
+        The pool's answer: send the request on C{upstream}.
+        """
+        if self.state != self.UPSTREAM or self.upstream is not None:
+            upstream.pool.release(upstream, True)  # the client went away meanwhile
+            return
+        assert self.head is not None
+        self.upstream = upstream
+        self._reused = reused
+        head = self.head
+        upstream.send(self, head.method, requestHead(head.method, self._upstreamTarget, self._upstreamFields))
+        if self._requestHasBody and not self._requestDone:
+            upstream.transport.registerProducer(self.transport, True)
+            if head.expectContinue:
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+            self._arm(self.settings.bodyTimeout, "body")
+        else:
+            self._arm(self.route.timeout, "response")
+        self._pump()
+
+    def connectionFailed(self, host: UpstreamHost | None, reason: str) -> None:
+        """
+        The pool could not give a connection: try another host, or answer 502/503.
+        """
+        if self.state != self.UPSTREAM:
+            return
+        if reason in ("upstream_connect_failed", "upstream_connect_timeout"):
+            if len(self._tried) <= self.settings.maxConnectRetries:
+                self.stats.retries.inc()
+                self._dispatch()
+                return
+            self._localReply(502, reason)
+            return
+        self._localReply(503, reason)
+
+    def _requestBody(self, data: bytes) -> None:
+        self._requestBodySent += len(data)
+        limit = self.settings.maxRequestBodyBytes
+        if limit and self._requestBodySent > limit:
+            self._abortUpstream()
+            self._localReply(413, "request_body_too_large", close=True)
+            return
+        self._lastActivity = self.clock.seconds()
+        transport = self.upstream.transport
+        if self._requestChunked:
+            transport.writeSequence(chunk(data))
+        else:
+            transport.write(data)
+
+    def _requestEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._requestDone = True
+        upstream = self.upstream
+        if upstream is None:
+            return
+        if self._requestChunked:
+            upstream.transport.write(lastChunk(trailers))
+        if self._requestHasBody:
+            upstream.transport.unregisterProducer()
+            if not self._readPaused:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+        if not self._responseStarted:
+            self._arm(self.route.timeout, "response")
+
+    def responseHead(self, head: ResponseHead) -> None:
+        """
+        The upstream's response head (or a 1xx before it): forward it to the client.
+        """
+        request = self.head
+        assert request is not None
+        status = head.status
+        if status < 200 and status != 101:
+            if not (status == 100 and request.expectContinue):
+                self.transport.write(responseHead(status, head.reason, clientResponseFields(  # type: ignore[union-attr]
+                    head, frozenset(), (), {}, None, None)))
+            return
+        if self._awaitingSwitch and status != 101:
+            self._awaitingSwitch = False
+            self.parser.resume()
+        self._responseStarted = True
+        self.state = self.RESPONDING
+        self._status = status
+        route = self.route
+        hasBody = responseHasBody(request.method, status) and status != 101
+        self._responseHasBody = hasBody
+        framing: tuple[bytes, bytes] | None = None
+        if not hasBody:
+            if head.contentLength is not None and status != 101:
+                framing = (b"Content-Length", b"%d" % head.contentLength)
+        elif head.contentLength is not None and not head.chunked:
+            framing = (b"Content-Length", b"%d" % head.contentLength)
+        elif request.version == b"1.1":
+            framing = _CHUNKED
+            self._responseChunked = True
+        else:
+            self._keepAlive = False  # an HTTP/1.0 client reads to the close
+        if not self._requestDone or self.downstream.draining:
+            self._keepAlive = False
+        if status == 101:
+            connection = None
+        elif not self._keepAlive:
+            connection = b"close"
+        elif request.version == b"1.0":
+            connection = b"keep-alive"
+        else:
+            connection = None
+        adds = route.responseHeadersToAdd
+        fields = clientResponseFields(
+            head, route.responseHeadersToRemove, adds, self._variables() if adds else {}, framing, connection,
+            upgrade=status == 101,
+        )
+        self.transport.write(responseHead(status, head.reason or reasonPhrase(status), fields))  # type: ignore[union-attr]
+        self.stats.responded(status)
+        if hasBody:
+            self.transport.registerProducer(self.upstream.transport, True)  # type: ignore[union-attr]
+            self._arm(self.settings.bodyTimeout, "body")
+
+    def responseBody(self, data: bytes) -> None:
+        """
+        Response body bytes: straight to the client (re-chunked when the client gets chunked).
+        """
+        self._lastActivity = self.clock.seconds()
+        if self._responseChunked:
+            self.transport.writeSequence(chunk(data))  # type: ignore[union-attr]
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def responseEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """
+        The response is complete: release the upstream connection and go on with the next request.
+        """
+        if self._responseChunked:
+            self.transport.write(lastChunk(trailers))  # type: ignore[union-attr]
+        if self._responseHasBody:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+        upstream, self.upstream = self.upstream, None
+        upstream.finished(self._requestDone)
+        self._finishExchange()
+
+    def upstreamFailed(self, reason: str, responseStarted: bool, detail: str) -> None:
+        """
+        The upstream connection broke or sent garbage mid-exchange.
+        """
+        upstream, self.upstream = self.upstream, None
+        if self.state == self.CLOSED:
+            return
+        if responseStarted:
+            self.log.info(
+                "{listener}: upstream {host} failed mid-response ({reason}: {detail}); aborting client",
+                listener=self.downstream.listenerName, host=self.host.address if self.host else "-",
+                reason=reason, detail=detail,
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        head = self.head
+        assert head is not None
+        if (
+            reason == "upstream_reset"
+            and self._reused
+            and head.method in IDEMPOTENT
+            and not self._requestHasBody
+            and len(self._tried) <= self.settings.maxConnectRetries
+        ):
+            # A pooled connection the host had already closed: retry once on a fresh one.
+            self.stats.retries.inc()
+            self._tried.pop()
+            self._reused = False
+            assert self.host is not None
+            self.filter.pools.get(self.cluster).acquire(self.host, self, True)
+            return
+        if upstream is not None and self._requestHasBody and not self._requestDone:
+            upstream.transport.unregisterProducer()
+        self._localReply(502, reason, close=not self._requestDone)
+
+    def upstreamUpgraded(self, leftover: bytes) -> None:
+        """
+        The upstream agreed to switch protocols (101, already forwarded): relay raw bytes.
+        """
+        upstream, self.upstream = self.upstream, None
+        self.state = self.TUNNEL
+        self._cancelTimer()
+        clientBytes = self.parser.switchedProtocols() if self._awaitingSwitch else b""
+        self.stats.active.value -= 1
+        self.head = None
+        startTunnel(self, upstream, clientBytes, leftover)
+
+    def _abortUpstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.transport.abortConnection()
+
+    # -- answers meshproxy makes itself ------------------------------------------------------------
+
+    def _localReply(
+        self,
+        status: int,
+        reason: str,
+        close: bool = False,
+        body: bytes | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        error: bool = True,
+    ) -> None:
+        if self.state == self.CLOSED:
+            return
+        if body is None:
+            body = (f"{status} {reasonPhrase(status).decode()}: {reason}\n" if error else "").encode()
+        fields: list[tuple[bytes, bytes]] = []
+        if error:
+            fields.append((b"Content-Type", b"text/plain; charset=utf-8"))
+            fields.append((b"x-meshproxy-error", reason.encode()))
+            self.stats.localReply(reason)
+        if extra:
+            fields.extend(extra)
+        fields.append((b"Content-Length", b"%d" % len(body)))
+        if close or self.head is None or self.downstream.draining:
+            self._keepAlive = False
+        if not self._keepAlive:
+            fields.append((b"Connection", b"close"))
+        head = self.head
+        withBody = head is None or head.method != b"HEAD"
+        self.transport.write(responseHead(status, reasonPhrase(status), fields) + (body if withBody else b""))  # type: ignore[union-attr]
+        self._status = status
+        self.stats.responded(status)
+        if head is not None and not self._requestDone and self._keepAlive:
+            # The request body is still coming: read and discard it before the next request.
+            self._keepAlive = False
+        self._finishExchange()
+
+    def _finishExchange(self) -> None:
+        keepAlive = self._keepAlive
+        if self.head is not None:
+            self.stats.active.value -= 1
+        self._resetExchange()
+        if not keepAlive:
+            self.state = self.CLOSED
+            self._cancelTimer()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.state = self.IDLE
+        if self.parser.bufferedBytes:
+            self.state = self.HEAD
+            self._arm(self.settings.headerTimeout, "header")
+            self._pump()
+        else:
+            self._arm(self.settings.idleTimeout, "idle")
+            if self._readPaused:
+                self._readPaused = False
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- the one timer ------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, kind: str) -> None:
+        self._timerKind = kind
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timedOut)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        kind = self._timerKind
+        if kind == "idle":
+            self.state = self.CLOSED
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif kind == "header":
+            self.stats.rejected("header_timeout")
+            self._localReply(408, "request_header_timeout", close=True)
+        elif kind == "response":
+            self._abortUpstream()
+            self._localReply(504, "upstream_timeout", close=not self._requestDone)
+        elif kind == "body":
+            remaining = self._lastActivity + self.settings.bodyTimeout - self.clock.seconds()
+            if remaining > 0:
+                self._arm(remaining, "body")
+                return
+            self._abortUpstream()
+            if self._responseStarted:
+                self.transport.abortConnection()  # type: ignore[union-attr]
+            else:
+                self._localReply(408, "request_body_timeout", close=True)

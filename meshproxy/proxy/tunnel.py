@@ -1,0 +1,72 @@
+"""
+The raw relay an HTTP connection becomes after a 101 Switching Protocols (WebSocket and other
+upgrades): both transports are re-pointed at two small relay protocols, each the other's
+producer, with half-close relayed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from meshproxy.sniff import switchProtocol
+
+
+@implementer(IHalfCloseableProtocol)
+class TunnelSide(Protocol):
+    """
+    One side of an upgraded connection: what it receives goes to the peer's transport.
+    """
+
+    def __init__(self, onLost: Any) -> None:
+        self.peer: TunnelSide | None = None
+        self._onLost = onLost
+        self.closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.peer is not None
+        self.peer.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        assert self.peer is not None
+        if not self.peer.closed:
+            self.peer.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        assert self.peer is not None
+        if not self.peer.closed:
+            self.peer.transport.loseConnection()  # type: ignore[union-attr]
+        onLost, self._onLost = self._onLost, None
+        if onLost is not None:
+            onLost(reason)
+
+
+def startTunnel(server: Any, upstream: Any, clientBytes: bytes, upstreamBytes: bytes) -> None:
+    """
+    Turn the client connection of C{server} (an L{HTTPServerConnection}) and C{upstream} (an
+    L{UpstreamConnection}) into a raw relay, first delivering bytes each parser already held.
+    """
+    down = TunnelSide(lambda reason: server.downstream.closed())
+    up = TunnelSide(upstream.connectionLost)
+    down.peer, up.peer = up, down
+    downTransport, upTransport = server.transport, upstream.transport
+    switchProtocol(downTransport, server, down)
+    switchProtocol(upTransport, upstream, up)
+    down.makeConnection(downTransport)
+    up.makeConnection(upTransport)
+    upTransport.registerProducer(downTransport, True)
+    downTransport.registerProducer(upTransport, True)
+    downTransport.resumeProducing()
+    upTransport.resumeProducing()
+    if upstreamBytes:
+        downTransport.write(upstreamBytes)
+    if clientBytes:
+        upTransport.write(clientBytes)
