@@ -42,6 +42,7 @@ from meshproxy.http import (
     responseHead,
 )
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
+from meshproxy.proxy.directwrite import directWriters
 from meshproxy.proxy.forward import RequestDropSets, clientResponseFields, upstreamRequestFields
 from meshproxy.proxy.tunnel import startTunnel
 from meshproxy.proxy.upstream import setNoDelay
@@ -177,6 +178,7 @@ class HTTPServerConnection(Protocol):
         self.requestCount = 0
         self._timer: IDelayedCall | None = None
         self._timerKind = ""
+        self._deadline = 0.0
         self._readPaused = False
         self._pumping = False
         client = downstream.clientAddress
@@ -204,6 +206,7 @@ class HTTPServerConnection(Protocol):
         self._started = 0.0
         self._lastActivity = 0.0
         self._requestId = b""
+        self._pendingHead = b""
         self._reused = False
         self._upstreamFields: list[tuple[bytes, bytes]] = []
         self._upstreamTarget = b""
@@ -213,12 +216,18 @@ class HTTPServerConnection(Protocol):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self.transport.bufferSize = self.settings.bufferLimit  # type: ignore[union-attr]
+        self._write, self._writeSequence = directWriters(self.transport)
         self._arm(self.settings.headerTimeout, "header")
 
     def dataReceived(self, data: bytes) -> None:
         if self.state == self.IDLE:
             self.state = self.HEAD
-            self._arm(self.settings.headerTimeout, "header")
+            self.parser.feed(data)
+            self._pump()
+            if self.state == self.HEAD:
+                # Only a head that did not arrive whole needs its deadline.
+                self._arm(self.settings.headerTimeout, "header")
+            return
         self.parser.feed(data)
         self._pump()
 
@@ -311,7 +320,8 @@ class HTTPServerConnection(Protocol):
         self.state = self.UPSTREAM
         self._keepAlive = head.keepAlive and self.requestCount < self.settings.maxRequestsPerConnection
         self._requestHasBody = head.chunked or bool(head.contentLength)
-        self._cancelTimer()
+        # Until the request is sent, the pool's queue and connect timeouts bound the wait.
+        self._expect("wait", self._started + 3600.0)
         limit = self.settings.maxRequestBodyBytes
         if limit and head.contentLength is not None and head.contentLength > limit:
             self._localReply(413, "request_body_too_large", close=True)
@@ -400,7 +410,7 @@ class HTTPServerConnection(Protocol):
         if self._requestHasBody and not self._requestDone:
             upstream.transport.registerProducer(self.transport, True)
             if head.expectContinue:
-                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+                self._write(_CONTINUE)
             self._arm(self.settings.bodyTimeout, "body")
         else:
             self._arm(self.route.timeout, "response")
@@ -429,11 +439,11 @@ class HTTPServerConnection(Protocol):
             self._localReply(413, "request_body_too_large", close=True)
             return
         self._lastActivity = self.clock.seconds()
-        transport = self.upstream.transport
+        upstream = self.upstream
         if self._requestChunked:
-            transport.writeSequence(chunk(data))
+            upstream.writeSequence(chunk(data))
         else:
-            transport.write(data)
+            upstream.write(data)
 
     def _requestEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self._requestDone = True
@@ -441,7 +451,7 @@ class HTTPServerConnection(Protocol):
         if upstream is None:
             return
         if self._requestChunked:
-            upstream.transport.write(lastChunk(trailers))
+            upstream.write(lastChunk(trailers))
         if self._requestHasBody:
             upstream.transport.unregisterProducer()
             if not self._readPaused:
@@ -458,7 +468,7 @@ class HTTPServerConnection(Protocol):
         status = head.status
         if status < 200 and status != 101:
             if not (status == 100 and request.expectContinue):
-                self.transport.write(responseHead(status, head.reason, clientResponseFields(  # type: ignore[union-attr]
+                self._write(responseHead(status, head.reason, clientResponseFields(
                     head, frozenset(), (), {}, None, None)))
             return
         if self._awaitingSwitch and status != 101:
@@ -496,28 +506,53 @@ class HTTPServerConnection(Protocol):
             head, route.responseHeadersToRemove, adds, self._variables() if adds else {}, framing, connection,
             upgrade=status == 101,
         )
-        self.transport.write(responseHead(status, head.reason or reasonPhrase(status), fields))  # type: ignore[union-attr]
+        headBytes = responseHead(status, head.reason or reasonPhrase(status), fields)
         self.stats.responded(status)
         if hasBody:
+            # Held back so that it leaves with the first body bytes in one send (a small response
+            # usually arrives whole); L{responseFlush} sends it if the body is slower.
+            self._pendingHead = headBytes
+        else:
+            self._write(headBytes)
+        if hasBody:
             self.transport.registerProducer(self.upstream.transport, True)  # type: ignore[union-attr]
-            self._arm(self.settings.bodyTimeout, "body")
+            self._expect("body", self._lastActivity + self.settings.bodyTimeout)
 
     def responseBody(self, data: bytes) -> None:
         """
         Response body bytes: straight to the client (re-chunked when the client gets chunked).
         """
         self._lastActivity = self.clock.seconds()
-        if self._responseChunked:
-            self.transport.writeSequence(chunk(data))  # type: ignore[union-attr]
+        pending = self._pendingHead
+        if pending:
+            self._pendingHead = b""
+            if self._responseChunked:
+                self._writeSequence((pending, *chunk(data)))
+            else:
+                self._writeSequence((pending, data))
+        elif self._responseChunked:
+            self._writeSequence(chunk(data))
         else:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self._write(data)
+
+    def responseFlush(self) -> None:
+        """
+        The upstream has nothing more for now: send a held-back response head.
+        """
+        pending = self._pendingHead
+        if pending:
+            self._pendingHead = b""
+            self._write(pending)
 
     def responseEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """
         The response is complete: release the upstream connection and go on with the next request.
         """
+        pending, self._pendingHead = self._pendingHead, b""
         if self._responseChunked:
-            self.transport.write(lastChunk(trailers))  # type: ignore[union-attr]
+            self._write(pending + lastChunk(trailers))
+        elif pending:
+            self._write(pending)
         if self._responseHasBody:
             self.transport.unregisterProducer()  # type: ignore[union-attr]
         upstream, self.upstream = self.upstream, None
@@ -606,7 +641,7 @@ class HTTPServerConnection(Protocol):
             fields.append((b"Connection", b"close"))
         head = self.head
         withBody = head is None or head.method != b"HEAD"
-        self.transport.write(responseHead(status, reasonPhrase(status), fields) + (body if withBody else b""))  # type: ignore[union-attr]
+        self._write(responseHead(status, reasonPhrase(status), fields) + (body if withBody else b""))
         self._status = status
         self.stats.responded(status)
         if head is not None and not self._requestDone and self._keepAlive:
@@ -638,12 +673,33 @@ class HTTPServerConnection(Protocol):
     # -- the one timer ------------------------------------------------------------------------------
 
     def _arm(self, seconds: float, kind: str) -> None:
+        """
+        Point the connection's one timer at C{seconds} from now for C{kind}.
+
+        Moving a Twisted timer later is cheap (the reactor re-sorts lazily), moving it sooner
+        searches the pending list; so sooner means cancel (lazy) and a fresh C{callLater}.
+        """
         self._timerKind = kind
+        deadline = self._deadline = self.clock.seconds() + seconds
         timer = self._timer
         if timer is not None and timer.active():
-            timer.reset(seconds)
+            if deadline >= timer.getTime():
+                timer.reset(seconds)
+                return
+            timer.cancel()
+        self._timer = self.clock.callLater(seconds, self._timedOut)
+
+    def _expect(self, kind: str, deadline: float) -> None:
+        """
+        Change what the timer means without rescheduling it when it already fires no later than
+        C{deadline} (L{_timedOut} re-arms for what is left).
+        """
+        timer = self._timer
+        if timer is not None and timer.active() and timer.getTime() <= deadline:
+            self._timerKind = kind
+            self._deadline = deadline
         else:
-            self._timer = self.clock.callLater(seconds, self._timedOut)
+            self._arm(deadline - self.clock.seconds(), kind)
 
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None
@@ -653,6 +709,10 @@ class HTTPServerConnection(Protocol):
     def _timedOut(self) -> None:
         self._timer = None
         kind = self._timerKind
+        remaining = self._deadline - self.clock.seconds()
+        if remaining > 0.001:
+            self._arm(remaining, kind)
+            return
         if kind == "idle":
             self.state = self.CLOSED
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -664,7 +724,7 @@ class HTTPServerConnection(Protocol):
             self._localReply(504, "upstream_timeout", close=not self._requestDone)
         elif kind == "body":
             remaining = self._lastActivity + self.settings.bodyTimeout - self.clock.seconds()
-            if remaining > 0:
+            if remaining > 0.001:
                 self._arm(remaining, "body")
                 return
             self._abortUpstream()

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from meshproxy.cluster.cluster import Cluster, UpstreamHost
+from meshproxy.proxy.directwrite import directWriters
 from meshproxy.http import (
     CLIENT,
     NEED_DATA,
@@ -75,6 +76,7 @@ class UpstreamConnection(Protocol):
         setNoDelay(self.transport)
         self.transport.bufferSize = self.cluster.bufferLimit  # type: ignore[union-attr]
         self.cluster.connectionOpened(self.host)
+        self.write, self.writeSequence = directWriters(self.transport)
         self.state = self.IDLE
         ready, self._onReady = self._onReady, None
         ready(self)
@@ -89,7 +91,7 @@ class UpstreamConnection(Protocol):
         self.requestsSent += 1
         self.responseStarted = False
         self.parser.expectResponse(method)
-        self.transport.write(head)  # type: ignore[union-attr]
+        self.write(head)
 
     def dataReceived(self, data: bytes) -> None:
         exchange = self.exchange
@@ -106,6 +108,7 @@ class UpstreamConnection(Protocol):
                 if kind is BodyData:
                     exchange.responseBody(event.data)  # type: ignore[union-attr]
                 elif event is NEED_DATA:
+                    exchange.responseFlush()
                     return
                 elif kind is ResponseHead:
                     self.responseStarted = True
