@@ -88,7 +88,7 @@ class Cluster:
         The load balancer's pick among healthy hosts not in C{exclude}.
         """
         host = self._balancer.pick(self.hosts, exclude)
-        if host is None:
+        if host is None and not exclude:
             self.noHealthyHost.inc()
         return host  # type: ignore[return-value]
 

@@ -66,6 +66,7 @@ def upstreamRequestFields(
     adds: Sequence[Any],
     variables: Mapping[str, bytes],
     bodyFraming: tuple[bytes, bytes] | None,
+    upgrade: bool = False,
 ) -> tuple[Fields, bytes]:
     """
     The header fields of the upstream request for C{head}, and the request id used.
@@ -99,7 +100,7 @@ def upstreamRequestFields(
         out.append((b"X-Forwarded-Host", head.host))
     out.append((b"Via", VIA if via is None else via + b", " + VIA))
     out.append((b"X-Request-Id", requestId))
-    if head.upgrade is not None:
+    if upgrade and head.upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", head.upgrade))
     if adds:

@@ -24,7 +24,6 @@ from meshproxy.cluster.pool import PoolSet
 from meshproxy.config import HTTPProxyConfig
 from meshproxy.http import (
     NEED_DATA,
-    PAUSED,
     SERVER,
     BodyData,
     ConnectionClosed,
@@ -207,6 +206,11 @@ class HTTPServerConnection(Protocol):
         self._lastActivity = 0.0
         self._requestId = b""
         self._pendingHead = b""
+        self._needDispatch = False
+        self._queued: list[bytes] = []
+        self._queuedBytes = 0
+        self._queuedTrailers: list[tuple[bytes, bytes]] = []
+        self._lastFailure = ""
         self._reused = False
         self._upstreamFields: list[tuple[bytes, bytes]] = []
         self._upstreamTarget = b""
@@ -256,14 +260,23 @@ class HTTPServerConnection(Protocol):
     def _pump(self) -> None:
         """
         Pull parser events while the current exchange can take them.
+
+        Body bytes already buffered are pulled (into a bounded queue) before the request is
+        dispatched, so a malformed body that arrived with its head is refused before anything is
+        sent upstream.
         """
         if self._pumping:
             return
         self._pumping = True
         parser = self.parser
+        limit = self.settings.bufferLimit
         try:
             while self.state != self.CLOSED:
-                if self.head is not None and (self._requestDone or self.upstream is None or self._awaitingSwitch):
+                if self.head is not None and (
+                    self._requestDone
+                    or self._awaitingSwitch
+                    or (self.upstream is None and self._queuedBytes >= limit)
+                ):
                     break
                 event = parser.nextEvent()
                 kind = type(event)
@@ -272,24 +285,36 @@ class HTTPServerConnection(Protocol):
                 elif event is NEED_DATA:
                     break
                 elif kind is RequestHead:
-                    self._startRequest(event)  # type: ignore[arg-type]
+                    head: RequestHead = event  # type: ignore[assignment]
+                    if head.upgrade is not None or head.method == b"CONNECT":
+                        parser.nextEvent()  # PAUSED: the parser waits for our decision
+                        if head.chunked or head.contentLength:
+                            parser.resume()  # no protocol switch with a request body
+                        else:
+                            self._awaitingSwitch = True
+                    if not (head.chunked or head.contentLength or self._awaitingSwitch):
+                        parser.nextEvent()  # the EndOfMessage of a request without a body
+                        self._requestDone = True
+                    self._startRequest(head)
                 elif kind is EndOfMessage:
                     self._requestEnd(event.trailers)  # type: ignore[union-attr]
-                elif event is PAUSED:
-                    self._awaitingSwitch = True
                 elif kind is ConnectionClosed:
                     self.transport.loseConnection()  # type: ignore[union-attr]
                     break
         except HTTPParseError as e:
+            self._needDispatch = False
             self._reject(e)
         finally:
             self._pumping = False
+        if self._needDispatch and self.state == self.UPSTREAM:
+            self._needDispatch = False
+            self._dispatch()
         buffered = parser.bufferedBytes
-        if buffered > self.settings.bufferLimit:
+        if buffered > limit:
             if not self._readPaused:
                 self._readPaused = True
                 self.transport.pauseProducing()  # type: ignore[union-attr]
-        elif self._readPaused and buffered <= self.settings.bufferLimit // 2:
+        elif self._readPaused and buffered <= limit // 2:
             self._readPaused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
@@ -300,11 +325,9 @@ class HTTPServerConnection(Protocol):
             listener=self.downstream.listenerName, client=self.downstream.clientAddress,
             status=error.status, reason=error.reason,
         )
-        if self.upstream is not None:
-            # The request was already on its way: the upstream saw a truncated request.
-            self.upstream.exchange = None
-            self.upstream.close()
-            self.upstream = None
+        # The request was already on its way: reset the upstream connection, so that it never
+        # sees an orderly end of a half-forwarded request.
+        self._abortUpstream()
         if self._responseStarted:
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
@@ -364,11 +387,11 @@ class HTTPServerConnection(Protocol):
         adds = route.requestHeadersToAdd
         fields, self._requestId = upstreamRequestFields(
             head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, b"http", adds,
-            self._variables() if adds else {}, framing,
+            self._variables() if adds else {}, framing, upgrade=self._awaitingSwitch,
         )
         self._upstreamFields = fields
         self._upstreamTarget = upstreamTarget
-        self._dispatch()
+        self._needDispatch = True
 
     def _variables(self) -> dict[str, bytes]:
         client = self.downstream.clientAddress
@@ -387,7 +410,7 @@ class HTTPServerConnection(Protocol):
         host = cluster.chooseHost(exclude=self._tried)
         if host is None:
             if self._tried:
-                self._localReply(502, "upstream_connect_failed")
+                self._localReply(502, self._lastFailure or "upstream_connect_failed")
             else:
                 self._localReply(503, "no_healthy_upstream")
             return
@@ -407,14 +430,21 @@ class HTTPServerConnection(Protocol):
         self._reused = reused
         head = self.head
         upstream.send(self, head.method, requestHead(head.method, self._upstreamTarget, self._upstreamFields))
-        if self._requestHasBody and not self._requestDone:
-            upstream.transport.registerProducer(self.transport, True)
-            if head.expectContinue:
-                self._write(_CONTINUE)
-            self._arm(self.settings.bodyTimeout, "body")
-        else:
+        queued, self._queued = self._queued, []
+        self._queuedBytes = 0
+        for data in queued:
+            self._sendBody(data)
+        if self._requestDone:
+            if self._requestHasBody:
+                self._sendEnd(self._queuedTrailers)
             self._arm(self.route.timeout, "response")
-        self._pump()
+        else:
+            if self._requestHasBody:
+                upstream.transport.registerProducer(self.transport, True)
+                if head.expectContinue:
+                    self._write(_CONTINUE)
+                self._arm(self.settings.bodyTimeout, "body")
+            self._pump()
 
     def connectionFailed(self, host: UpstreamHost | None, reason: str) -> None:
         """
@@ -423,6 +453,7 @@ class HTTPServerConnection(Protocol):
         if self.state != self.UPSTREAM:
             return
         if reason in ("upstream_connect_failed", "upstream_connect_timeout"):
+            self._lastFailure = reason
             if len(self._tried) <= self.settings.maxConnectRetries:
                 self.stats.retries.inc()
                 self._dispatch()
@@ -439,19 +470,29 @@ class HTTPServerConnection(Protocol):
             self._localReply(413, "request_body_too_large", close=True)
             return
         self._lastActivity = self.clock.seconds()
-        upstream = self.upstream
-        if self._requestChunked:
-            upstream.writeSequence(chunk(data))
+        if self.upstream is None:
+            self._queued.append(data)
+            self._queuedBytes += len(data)
         else:
-            upstream.write(data)
+            self._sendBody(data)
+
+    def _sendBody(self, data: bytes) -> None:
+        if self._requestChunked:
+            self.upstream.writeSequence(chunk(data))
+        else:
+            self.upstream.write(data)
+
+    def _sendEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if self._requestChunked:
+            self.upstream.write(lastChunk(trailers))
 
     def _requestEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self._requestDone = True
         upstream = self.upstream
         if upstream is None:
+            self._queuedTrailers = trailers
             return
-        if self._requestChunked:
-            upstream.write(lastChunk(trailers))
+        self._sendEnd(trailers)
         if self._requestHasBody:
             upstream.transport.unregisterProducer()
             if not self._readPaused:
@@ -472,8 +513,11 @@ class HTTPServerConnection(Protocol):
                     head, frozenset(), (), {}, None, None)))
             return
         if self._awaitingSwitch and status != 101:
+            # Refused: the request (it has no body) is complete; HTTP/1.1 goes on after it.
             self._awaitingSwitch = False
             self.parser.resume()
+            if type(self.parser.nextEvent()) is EndOfMessage:
+                self._requestDone = True
         self._responseStarted = True
         self.state = self.RESPONDING
         self._status = status
@@ -635,7 +679,8 @@ class HTTPServerConnection(Protocol):
         if extra:
             fields.extend(extra)
         fields.append((b"Content-Length", b"%d" % len(body)))
-        if close or self.head is None or self.downstream.draining:
+        if close or self.head is None or self.downstream.draining or not self._requestDone:
+            # A request body we have not read cannot be told from the next request: close.
             self._keepAlive = False
         if not self._keepAlive:
             fields.append((b"Connection", b"close"))
@@ -644,9 +689,6 @@ class HTTPServerConnection(Protocol):
         self._write(responseHead(status, reasonPhrase(status), fields) + (body if withBody else b""))
         self._status = status
         self.stats.responded(status)
-        if head is not None and not self._requestDone and self._keepAlive:
-            # The request body is still coming: read and discard it before the next request.
-            self._keepAlive = False
         self._finishExchange()
 
     def _finishExchange(self) -> None:

@@ -26,15 +26,27 @@ class TunnelSide(Protocol):
         self.peer: TunnelSide | None = None
         self._onLost = onLost
         self.closed = False
+        self.eof = False
 
     def dataReceived(self, data: bytes) -> None:
         assert self.peer is not None
         self.peer.transport.write(data)  # type: ignore[union-attr]
 
     def readConnectionLost(self) -> None:
-        assert self.peer is not None
-        if not self.peer.closed:
-            self.peer.transport.loseWriteConnection()  # type: ignore[union-attr]
+        """
+        This side sent FIN: pass it on; once both sides have, close both (Twisted does not end a
+        half-closeable connection by itself).
+        """
+        self.eof = True
+        peer = self.peer
+        assert peer is not None
+        if peer.closed:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif peer.eof:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            peer.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            peer.transport.loseWriteConnection()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
         pass
