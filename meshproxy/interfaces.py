@@ -35,6 +35,7 @@ class IDownstreamConnection(Interface):
     acceptedAt = Attribute("When the connection was accepted, in the listener clock's seconds.")
     bytesReceived = Attribute("The listener's counter of bytes received from clients (L{meshproxy.stats.Counter}).")
     bytesSent = Attribute("The listener's counter of bytes sent to clients (L{meshproxy.stats.Counter}).")
+    accessLog = Attribute("The listener's access log (falsy when it has none): C{record(mapping)}.")
     draining = Attribute("C{True} once the listener is shutting down: finish what is in flight, take no more.")
 
     def closed() -> None:

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshproxy.accesslog import AccessLog
 from meshproxy.chains import selectChain
 from meshproxy.classify import Verdict
 from meshproxy.config import FilterChainConfig, ListenerConfig
@@ -56,6 +57,7 @@ class DownstreamConnection:
         self.isClosed = False
         self.bytesReceived = listener.bytesReceived
         self.bytesSent = listener.bytesSent
+        self.accessLog = listener.accessLog
 
     @property
     def draining(self) -> bool:
@@ -125,9 +127,11 @@ class ListenerFactory(Factory):
         chains: Sequence[FilterChainRuntime],
         clock: IReactorTime,
         stats: StatsStore,
+        accessLog: AccessLog | None = None,
     ) -> None:
         self.config = config
         self.chains = tuple(chains)
+        self.accessLog = accessLog if accessLog is not None else AccessLog([])
         self.clock = clock
         self.port: Any = None
         self.draining = False

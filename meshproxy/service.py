@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from meshproxy.accesslog import AccessLogs
 from meshproxy.cluster.cluster import ClusterSet
 from meshproxy.cluster.pool import PoolSet
 from meshproxy.config import Config, ConfigError, HTTPProxyConfig, Problem, TCPProxyConfig, parseConfig
@@ -86,7 +87,7 @@ class FilterBuilder:
         self.pools = pools
         self.reactor = reactor
         self.stats = stats
-        self._tables: dict[tuple[int, str], RouteTable] = {}
+        self.tables: dict[tuple[int, str], RouteTable] = {}
 
     def build(self, config: object, serverIndex: int, server: Any, listenerName: str) -> INetworkFilterFactory:
         """
@@ -95,10 +96,7 @@ class FilterBuilder:
         if isinstance(config, TCPProxyConfig):
             return TCPProxyFilter(config, self.clusters, self.reactor, self.stats)
         if isinstance(config, HTTPProxyConfig):
-            key = (serverIndex, config.routerConfigName)
-            table = self._tables.get(key)
-            if table is None:
-                table = self._tables[key] = RouteTables.fromServer(server)[config.routerConfigName]
+            table = self.tables[(serverIndex, config.routerConfigName)]
             return HTTPProxyFilter(
                 config, table, self.clusters, self.pools, self.reactor, self.stats, listenerName, httpSettings(config)
             )
@@ -133,8 +131,8 @@ class MeshProxyService(MultiService):
         self.state = "starting"
         self.clusters = ClusterSet.fromConfig(config, reactor, self.stats)
         self.pools = PoolSet(reactor, self.stats, dialerFor(HTTPLimits()))
-        self.routeTables: dict[str, RouteTable] = {}
         builder = FilterBuilder(self.clusters, self.pools, reactor, self.stats)
+        self.accessLogs = AccessLogs(reactor)
         self.listenerServices: list[ListenerService] = []
         admin = StreamServerEndpointService(
             serverFromString(reactor, config.admin.endpoint), buildAdminSite(self)
@@ -143,6 +141,12 @@ class MeshProxyService(MultiService):
         admin.setName("admin")
         admin.setServiceParent(self)
         self.adminService = admin
+        # Every router, by name (prefixed with its server when names repeat across servers).
+        self.routeTables: dict[str, RouteTable] = {}
+        for i, server in enumerate(config.servers):
+            for name, table in RouteTables.fromServer(server).items():
+                key = name if len(config.servers) == 1 else f"{server.name}/{name}"
+                self.routeTables[key] = builder.tables[(i, name)] = table
         listeners = [(i, server, lc) for i, server in enumerate(config.servers) for lc in server.listeners]
         for serverIndex, server, listenerConfig in listeners:
             chains = [
@@ -151,7 +155,9 @@ class MeshProxyService(MultiService):
                 )
                 for chain in listenerConfig.filterChains
             ]
-            factory = ListenerFactory(listenerConfig, chains, reactor, self.stats)
+            factory = ListenerFactory(
+                listenerConfig, chains, reactor, self.stats, self.accessLogs.forListener(listenerConfig.accessLogs)
+            )
             endpoint = serverFromString(reactor, listenerConfig.endpoint)
             service = ListenerService(listenerConfig, endpoint, factory)
             service.setServiceParent(self)
@@ -166,6 +172,7 @@ class MeshProxyService(MultiService):
             raise
 
     def startService(self) -> None:
+        self.accessLogs.start()
         super().startService()
         self.state = "running"
         if self._installSignalHandlers:
@@ -199,6 +206,7 @@ class MeshProxyService(MultiService):
             [defer.maybeDeferred(s.stopService) for s in reversed(self.listenerServices)]
         )
         drained.addCallback(lambda _: self.pools.stop())
+        drained.addCallback(lambda _: self.accessLogs.stop())
         drained.addCallback(lambda _: self.adminService.stopService())
         return drained
 

@@ -268,7 +268,7 @@ class KeyTests(ConfigAssertions, SynchronousTestCase):
         self.assertOnlyProblem(
             document(listeners=[listener(zzz=1)]),
             LISTENER + ".zzz",
-            "unknown key 'zzz': expected one of address, ",
+            "unknown key 'zzz': expected one of access_logs, address, ",
         )
 
     def test_caseInsensitive(self) -> None:

@@ -121,6 +121,35 @@ class ClustersResource(_Leaf):
         )
 
 
+class ExplainResource(_Leaf):
+    """
+    C{/api/v1/explain?host=&path=&method=[&router=][&header=Name:Value...]}: which virtual host,
+    route and cluster a request would take in each router (or the one named), and why.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        def arg(name: bytes, default: str = "") -> str:
+            values = request.args.get(name)
+            return values[0].decode("utf-8", "replace") if values else default
+
+        host, path, method, router = arg(b"host"), arg(b"path", "/"), arg(b"method", "GET"), arg(b"router")
+        headers = []
+        for raw in request.args.get(b"header", []):
+            name, sep, value = raw.decode("utf-8", "replace").partition(":")
+            if not sep or not name.strip():
+                return _json(request, {"error": f"header {raw!r} is not Name:Value"}, 400)
+            headers.append((name.strip(), value.strip()))
+        tables = self.service.routeTables
+        if router:
+            if router not in tables:
+                return _json(request, {"error": f"no router {router!r}", "routers": sorted(tables)}, 404)
+            tables = {router: tables[router]}
+        return _json(
+            request,
+            {name: table.explain(host, path, method, headers) for name, table in sorted(tables.items())},
+        )
+
+
 class IndexResource(_Leaf):
     """
     C{/}: the list of admin endpoints.
@@ -145,6 +174,7 @@ def buildAdminSite(service: Any) -> Site:
         "/api/v1/config_dump": ConfigDumpResource(service),
         "/api/v1/stats": StatsResource(service),
         "/api/v1/states": StatesResource(service),
+        "/api/v1/explain": ExplainResource(service),
     }
     root = Resource()
     root.putChild(b"", IndexResource(service, sorted(routes)))

@@ -14,6 +14,7 @@ from meshproxy.config.errors import ConfigError, Problem
 from meshproxy.config.filters import IMPLEMENTED_NETWORK_FILTERS
 from meshproxy.config.model import (
     DEFAULT_ADMIN_ENDPOINT,
+    AccessLogConfig,
     AdminConfig,
     CircuitBreakersConfig,
     ClusterConfig,
@@ -50,6 +51,7 @@ from meshproxy.config.routemodel import (
 
 __all__ = [
     "DEFAULT_ADMIN_ENDPOINT",
+    "AccessLogConfig",
     "IMPLEMENTED_NETWORK_FILTERS",
     "AdminConfig",
     "CircuitBreakersConfig",

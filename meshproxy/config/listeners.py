@@ -36,6 +36,7 @@ from meshproxy.config.model import (
     TLSContextConfig,
 )
 from meshproxy.config.reader import Fields, KeySpec, iterObjects, tolerateEmpty, tolerateValues
+from meshproxy.config.accesslogs import parseAccessLogs
 from meshproxy.config.routers import parseRouters
 
 #: Whether filter chains may terminate TLS yet.  Until then a C{tls_context} with C{status: true} is
@@ -74,6 +75,7 @@ LISTENER_KEYS = KeySpec(
         "sniff_timeout",
         "sniff_max_bytes",
         "max_connections",
+        "access_logs",
     ),
     unsupported={
         "bind_port": tolerateValues(True),
@@ -82,7 +84,6 @@ LISTENER_KEYS = KeySpec(
         "reuseport": tolerateValues(False),
         "use_original_dst": tolerateValues(""),
         "stream_filters": tolerateEmpty(),
-        "access_logs": tolerateEmpty(),
         "connection_idle_timeout": None,
         "default_read_buffer_size": None,
     },
@@ -245,6 +246,7 @@ def _listener(
         maxConnections=fields.integer("max_connections", DEFAULT_MAX_CONNECTIONS, 1, UINT32_MAX),
         drainTimeout=drainTimeout,
         listenerType=fields.choice("type", "ingress", ("ingress", "egress"), what="listener type"),
+        accessLogs=parseAccessLogs(fields.items("access_logs"), fields.problems),
     )
 
 

@@ -43,6 +43,19 @@ class AdminConfig:
 
 
 @attrs.frozen
+class AccessLogConfig:
+    """
+    One access log of a listener (MOSN C{access_logs[]}).
+
+    @ivar path: a file path, or C{stdout}/C{stderr}.
+    @ivar logFormat: MOSN's C{%variable%} template, or L{None} for one JSON object per line.
+    """
+
+    path: str
+    logFormat: str | None = None
+
+
+@attrs.frozen
 class ProxyProtocolConfig:
     """
     Expect a PROXY protocol (v1 or v2) header on each accepted connection (the C{proxy_protocol} listener
@@ -208,6 +221,7 @@ class ListenerConfig:
     maxConnections: int = DEFAULT_MAX_CONNECTIONS
     drainTimeout: float = DEFAULT_GRACEFUL_TIMEOUT
     listenerType: str = "ingress"
+    accessLogs: tuple[AccessLogConfig, ...] = ()
 
 
 @attrs.frozen

@@ -41,6 +41,16 @@ def newRequestId() -> bytes:
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
+def clientRequestId(head: RequestHead) -> bytes | None:
+    """
+    The client's own X-Request-Id when it is acceptable (1-128 of letters, digits, '.', '_', '-').
+    """
+    for value in head.headerValues(b"x-request-id"):
+        if _REQUEST_ID.match(value):
+            return value
+    return None
+
+
 class RequestDropSets:
     """
     The names to drop from forwarded requests for each route, computed once per route.

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshproxy.accesslog import responseFlag, startTime
 from meshproxy.cluster.cluster import ClusterSet, UpstreamHost
 from meshproxy.cluster.pool import PoolSet
 from meshproxy.config import HTTPProxyConfig
@@ -42,7 +43,12 @@ from meshproxy.http import (
 )
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.proxy.directwrite import directWriters
-from meshproxy.proxy.forward import RequestDropSets, clientResponseFields, upstreamRequestFields
+from meshproxy.proxy.forward import (
+    RequestDropSets,
+    clientRequestId,
+    clientResponseFields,
+    upstreamRequestFields,
+)
 from meshproxy.proxy.tunnel import startTunnel
 from meshproxy.proxy.upstream import setNoDelay
 from meshproxy.routing.table import RouteTable, splitTarget
@@ -211,6 +217,9 @@ class HTTPServerConnection(Protocol):
         self._queuedBytes = 0
         self._queuedTrailers: list[tuple[bytes, bytes]] = []
         self._lastFailure = ""
+        self._failure = ""
+        self._responseBytes = 0
+        self._responseAt = 0.0
         self._reused = False
         self._upstreamFields: list[tuple[bytes, bytes]] = []
         self._upstreamTarget = b""
@@ -252,6 +261,9 @@ class HTTPServerConnection(Protocol):
             self.filter.pools.get(self.cluster).cancel(self)
         if self.head is not None:
             self.stats.active.value -= 1
+            if self.downstream.accessLog:
+                self._failure = self._failure or "downstream_reset"
+                self._logAccess()
             self.head = None
         self.downstream.closed()
 
@@ -519,6 +531,7 @@ class HTTPServerConnection(Protocol):
             if type(self.parser.nextEvent()) is EndOfMessage:
                 self._requestDone = True
         self._responseStarted = True
+        self._responseAt = self.clock.seconds()
         self.state = self.RESPONDING
         self._status = status
         route = self.route
@@ -567,6 +580,7 @@ class HTTPServerConnection(Protocol):
         Response body bytes: straight to the client (re-chunked when the client gets chunked).
         """
         self._lastActivity = self.clock.seconds()
+        self._responseBytes += len(data)
         pending = self._pendingHead
         if pending:
             self._pendingHead = b""
@@ -610,6 +624,7 @@ class HTTPServerConnection(Protocol):
         upstream, self.upstream = self.upstream, None
         if self.state == self.CLOSED:
             return
+        self._failure = reason
         if responseStarted:
             self.log.info(
                 "{listener}: upstream {host} failed mid-response ({reason}: {detail}); aborting client",
@@ -647,8 +662,36 @@ class HTTPServerConnection(Protocol):
         self._cancelTimer()
         clientBytes = self.parser.switchedProtocols() if self._awaitingSwitch else b""
         self.stats.active.value -= 1
+        if self.downstream.accessLog:
+            self._logAccess()
         self.head = None
         startTunnel(self, upstream, clientBytes, leftover)
+
+    def _logAccess(self) -> None:
+        head = self.head
+        assert head is not None
+        now = self.clock.seconds()
+        started = self._started
+        d = self.downstream
+        self.downstream.accessLog.record({
+            "start_time": startTime(started),
+            "duration": round((now - started) * 1000, 3),
+            "response_received_duration": round((self._responseAt - started) * 1000, 3) if self._responseAt else None,
+            "bytes_received": self._requestBodySent,
+            "bytes_sent": self._responseBytes,
+            "protocol": "HTTP/" + head.version.decode("ascii"),
+            "response_code": self._status or None,
+            "response_flag": responseFlag(self._failure),
+            "downstream_remote_address": _formatAddress(d.clientAddress),
+            "downstream_local_address": _formatAddress(d.localAddress),
+            "upstream_host": self.host.address if self.host is not None else None,
+            "upstream_cluster": self.cluster.name if self.cluster is not None else None,
+            "listener_name": d.listenerName,
+            "request_method": head.method.decode("latin-1"),
+            "request_host": head.host.decode("latin-1") if head.host is not None else None,
+            "request_path": head.target.decode("latin-1"),
+            "request_id": (self._requestId or clientRequestId(head) or b"").decode("latin-1") or None,
+        })
 
     def _abortUpstream(self) -> None:
         upstream, self.upstream = self.upstream, None
@@ -673,6 +716,7 @@ class HTTPServerConnection(Protocol):
             body = (f"{status} {reasonPhrase(status).decode()}: {reason}\n" if error else "").encode()
         fields: list[tuple[bytes, bytes]] = []
         if error:
+            self._failure = reason
             fields.append((b"Content-Type", b"text/plain; charset=utf-8"))
             fields.append((b"x-meshproxy-error", reason.encode()))
             self.stats.localReply(reason)
@@ -695,6 +739,8 @@ class HTTPServerConnection(Protocol):
         keepAlive = self._keepAlive
         if self.head is not None:
             self.stats.active.value -= 1
+            if self.downstream.accessLog:
+                self._logAccess()
         self._resetExchange()
         if not keepAlive:
             self.state = self.CLOSED
@@ -774,3 +820,10 @@ class HTTPServerConnection(Protocol):
                 self.transport.abortConnection()  # type: ignore[union-attr]
             else:
                 self._localReply(408, "request_body_timeout", close=True)
+
+
+def _formatAddress(address: tuple[str, int] | None) -> str | None:
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshproxy.accesslog import responseFlag, startTime
 from meshproxy.cluster.cluster import Cluster, ClusterSet, UpstreamHost
 from meshproxy.config import TCPProxyConfig
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
@@ -307,6 +308,26 @@ class TCPProxySession(Protocol):
         if self._logged or not (self._downstreamDone and self._upstreamDone):
             return
         self._logged = True
+        d = self.downstream
+        if d.accessLog:
+            now = self._seconds()
+            d.accessLog.record({
+                "start_time": startTime(d.acceptedAt),
+                "duration": round((now - d.acceptedAt) * 1000, 3),
+                "bytes_received": self.bytesIn,
+                "bytes_sent": self.bytesOut,
+                "protocol": "tcp",
+                "response_flag": responseFlag(
+                    "" if self.closeReason in (None, "closed", "downstream_close", "upstream_close")
+                    else str(self.closeReason)
+                ),
+                "downstream_remote_address": _formatAddress(d.clientAddress),
+                "downstream_local_address": _formatAddress(d.localAddress),
+                "upstream_host": self.host.address if self.host is not None else None,
+                "upstream_cluster": self.cluster.name if self.cluster is not None else None,
+                "listener_name": d.listenerName,
+                "close_reason": self.closeReason,
+            })
         if self._closeTimer is not None:
             self._closeTimer.cancel()
             self._closeTimer = None

@@ -92,3 +92,59 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(code, 200)
         [host] = json.loads(body)["backend"]["hosts"]
         self.assertEqual((host["address"], host["healthy"]), (self.echo.address, True))
+
+
+class ExplainTests(SynchronousTestCase):
+    """
+    /api/v1/explain on a process with an HTTP router.
+    """
+
+    def setUp(self) -> None:
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        doc = configDocument(listeners=[{
+            "name": "web", "address": f"127.0.0.1:{freePort()}",
+            "filter_chains": [{"filters": [{"type": "proxy", "config": {
+                "downstream_protocol": "Http1", "router_config_name": "edge"}}]}]}])
+        doc["servers"][0]["routers"] = [{"router_config_name": "edge", "virtual_hosts": [  # type: ignore[index]
+            {"name": "api", "domains": ["api.example.com"], "routers": [
+                {"match": {"prefix": "/v1/"}, "route": {"cluster_name": "backend", "prefix_rewrite": "/"}},
+            ]},
+            {"name": "rest", "domains": ["*"], "routers": [
+                {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": "nothing here"}}]},
+        ]}]
+        self.proxy = MeshProxy(doc, workdir)
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+
+    def explain(self, query: str) -> tuple[int, dict[str, object]]:
+        status, body = self.proxy.admin("/api/v1/explain?" + query)
+        return status, json.loads(body)
+
+    def test_routedRequest(self) -> None:
+        """
+        The answer names the virtual host and why, the route tried, and the cluster with the
+        rewritten target.
+        """
+        status, answer = self.explain("host=API.example.com:8443&path=/v1/users&method=GET")
+        self.assertEqual(status, 200)
+        edge = answer["edge"]
+        assert isinstance(edge, dict)
+        self.assertEqual(edge["virtualHost"]["name"], "api")
+        self.assertEqual(edge["routes"][0]["matched"], True)
+        self.assertEqual(edge["action"]["cluster"], "backend")
+        self.assertEqual(edge["action"]["upstreamTarget"], "/users")
+
+    def test_unknownRouter(self) -> None:
+        """
+        Naming a router that does not exist is a 404 listing the routers.
+        """
+        status, answer = self.explain("router=nope&path=/")
+        self.assertEqual((status, answer["routers"]), (404, ["edge"]))
+
+    def test_badHeader(self) -> None:
+        """
+        A header argument without a colon is a 400.
+        """
+        status, answer = self.explain("path=/&header=nocolon")
+        self.assertEqual(status, 400)
