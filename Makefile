@@ -34,12 +34,14 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || { $(APT_GET) update >/dev/null && $(APT_GET) install python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade pip
 
+# Editable installs use compat mode (a .pth with the source root): Twisted finds plugins by scanning
+# sys.path for twisted/plugins folders, which the newer import-hook editable mode hides.
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
-	$(VENV)/bin/pip install -q -e .
+	$(VENV)/bin/pip install -q -e . --config-settings editable_mode=compat
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(VENV)/.installed $@
 
 venv: $(VENV)/.installed

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from meshproxy.http import RequestHead, ResponseHead, hopByHopNames
 
@@ -29,16 +29,22 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}\Z")
 VIA = b"1.1 meshproxy"
 
 
-_random = random.Random(os.urandom(32))
-
-
-def newRequestId() -> bytes:
+class RequestIds:
     """
-    A random UUID-formatted request id (version 4 layout).  Request ids need to be unique, not
-    unpredictable, so a seeded Mersenne Twister is enough and much cheaper than the OS source.
+    Random UUID-formatted request ids (version 4 layout).  They need to be unique, not
+    unpredictable, so a Mersenne Twister seeded from the OS is enough and much cheaper than
+    reading the OS source per request.
     """
-    h = b"%032x" % ((_random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
-    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._bits = (rng or random.Random(os.urandom(32))).getrandbits
+
+    def new(self) -> bytes:
+        """
+        A fresh request id.
+        """
+        h = b"%032x" % ((self._bits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
+        return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
 def clientRequestId(head: RequestHead) -> bytes | None:
@@ -76,6 +82,7 @@ def upstreamRequestFields(
     adds: Sequence[Any],
     variables: Mapping[str, bytes],
     bodyFraming: tuple[bytes, bytes] | None,
+    newRequestId: Callable[[], bytes],
     upgrade: bool = False,
 ) -> tuple[Fields, bytes]:
     """

@@ -45,6 +45,7 @@ from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.proxy.directwrite import directWriters
 from meshproxy.proxy.forward import (
     RequestDropSets,
+    RequestIds,
     clientRequestId,
     clientResponseFields,
     upstreamRequestFields,
@@ -145,6 +146,7 @@ class HTTPProxyFilter:
         self.settings = settings or HTTPSettings()
         self.stats = HTTPStats(stats, listenerName)
         self.dropSets = RequestDropSets()
+        self.requestIds = RequestIds()
 
     def acceptsProtocol(self, protocol: str) -> bool:
         """
@@ -399,7 +401,7 @@ class HTTPServerConnection(Protocol):
         adds = route.requestHeadersToAdd
         fields, self._requestId = upstreamRequestFields(
             head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, b"http", adds,
-            self._variables() if adds else {}, framing, upgrade=self._awaitingSwitch,
+            self._variables() if adds else {}, framing, self.filter.requestIds.new, upgrade=self._awaitingSwitch,
         )
         self._upstreamFields = fields
         self._upstreamTarget = upstreamTarget
