@@ -72,7 +72,13 @@ def httpSettings(config: HTTPProxyConfig) -> HTTPSettings:
     """
     extend = config.extendConfig
     return HTTPSettings(
-        limits=HTTPLimits(maxHeaderBytes=extend.maxHeaderSize),
+        limits=HTTPLimits(
+            maxHeaderBytes=extend.maxHeaderSize, maxHeaders=config.maxHeaders, maxURIBytes=config.maxURISize
+        ),
+        headerTimeout=config.requestHeadersTimeout,
+        idleTimeout=config.idleTimeout,
+        bodyTimeout=config.streamIdleTimeout,
+        maxRequestsPerConnection=config.maxRequestsPerConnection,
         maxRequestBodyBytes=extend.maxRequestBodySize,
     )
 

@@ -101,3 +101,43 @@ class MeshProxyServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertFalse(self.service.adminService.running)
         self.assertEqual(self.service.mosnState(), 8)
+
+
+class HTTPSettingsTests(SynchronousTestCase):
+    """
+    The proxy filter's limits and deadlines reach the connection manager.
+    """
+
+    def test_extensionKeys(self) -> None:
+        """
+        Every extension key and MOSN's extend_config.Http1 land in HTTPSettings; defaults are the
+        architecture's.
+        """
+        from meshproxy.service import httpSettings
+
+        def proxyConfig(extra: dict[str, object]) -> object:
+            doc = configDocument(listeners=[{"name": "web", "address": "127.0.0.1:8080", "filter_chains": [
+                {"filters": [{"type": "proxy", "config": dict(
+                    {"downstream_protocol": "Http1", "router_config_name": "r"}, **extra)}]}]}])
+            doc["servers"][0]["routers"] = [{"router_config_name": "r", "virtual_hosts": [{  # type: ignore[index]
+                "name": "v", "domains": ["*"], "routers": [{"match": {"prefix": "/"},
+                                                            "direct_response": {"status": 200}}]}]}]
+            return makeConfig(doc).listeners[0].filterChains[0].filters[0]
+
+        defaults = httpSettings(proxyConfig({}))  # type: ignore[arg-type]
+        self.assertEqual(
+            (defaults.headerTimeout, defaults.idleTimeout, defaults.bodyTimeout, defaults.maxRequestsPerConnection,
+             defaults.limits.maxHeaders, defaults.limits.maxURIBytes, defaults.limits.maxHeaderBytes),
+            (10.0, 60.0, 60.0, 1000, 100, 8192, 65536),
+        )
+        custom = httpSettings(proxyConfig({  # type: ignore[arg-type]
+            "request_headers_timeout": "2s", "idle_timeout": "5s", "stream_idle_timeout": "7s",
+            "max_requests_per_connection": 3, "max_headers": 20, "max_uri_size": 1024,
+            "extend_config": {"Http1": {"max_header_size": 4096, "max_request_body_size": 100}},
+        }))
+        self.assertEqual(
+            (custom.headerTimeout, custom.idleTimeout, custom.bodyTimeout, custom.maxRequestsPerConnection,
+             custom.limits.maxHeaders, custom.limits.maxURIBytes, custom.limits.maxHeaderBytes,
+             custom.maxRequestBodyBytes),
+            (2.0, 5.0, 7.0, 3, 20, 1024, 4096, 100),
+        )

@@ -66,6 +66,13 @@ PROXY_KEYS = KeySpec(
         "router_config_name",
         "fallback_for_unknown_protocol",
         "extend_config",
+        # meshproxy extensions (Envoy's names where Envoy has the setting):
+        "request_headers_timeout",
+        "idle_timeout",
+        "stream_idle_timeout",
+        "max_requests_per_connection",
+        "max_headers",
+        "max_uri_size",
     ),
     unsupported={
         "router_handler_name": tolerateValues(""),
@@ -245,6 +252,12 @@ def _httpProxy(fields: Fields, context: ChainContext) -> HTTPProxyConfig:
         fallbackForUnknownProtocol=fields.boolean("fallback_for_unknown_protocol"),
         name=fields.string("name"),
         extendConfig=_extendConfig(fields),
+        requestHeadersTimeout=fields.duration("request_headers_timeout", 10.0, positive=True) or 10.0,
+        idleTimeout=fields.duration("idle_timeout", 60.0, positive=True) or 60.0,
+        streamIdleTimeout=fields.duration("stream_idle_timeout", 60.0, positive=True) or 60.0,
+        maxRequestsPerConnection=fields.integer("max_requests_per_connection", 1000, 1, 1 << 31),
+        maxHeaders=fields.integer("max_headers", 100, 1, 10000),
+        maxURISize=fields.integer("max_uri_size", 8192, 64, 1 << 20),
     )
 
 

@@ -181,6 +181,13 @@ class HTTPProxyConfig:
     fallbackForUnknownProtocol: bool = False
     name: str = ""
     extendConfig: HTTP1ExtendConfig = HTTP1ExtendConfig()
+    #: meshproxy extensions: the connection manager's deadlines (seconds) and limits.
+    requestHeadersTimeout: float = 10.0
+    idleTimeout: float = 60.0
+    streamIdleTimeout: float = 60.0
+    maxRequestsPerConnection: int = 1000
+    maxHeaders: int = 100
+    maxURISize: int = 8192
 
 
 NetworkFilterConfig = Union[TCPProxyConfig, HTTPProxyConfig]
