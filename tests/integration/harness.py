@@ -296,3 +296,57 @@ def recvAll(sock: socket.socket, limit: int = 1 << 31) -> bytes:
         parts.append(data)
         total += len(data)
     return b"".join(parts)
+
+
+def httpRoute(prefix: str | None = "/", cluster: str | None = "backend", timeout: str = "5s",
+              match: dict[str, Any] | None = None, **action: Any) -> dict[str, Any]:
+    """
+    One MOSN route entry: C{match} (default: C{prefix}) and a C{route} action to C{cluster} with
+    C{timeout} plus C{action}'s keys.  With C{cluster=None} C{action} is the whole entry's action
+    (C{redirect=...} or C{direct_response=...}).
+    """
+    matchDict = dict(match) if match is not None else ({"prefix": prefix} if prefix is not None else {})
+    if cluster is None:
+        return {"match": matchDict, **action}
+    return {"match": matchDict, "route": {"cluster_name": cluster, "timeout": timeout, **action}}
+
+
+def httpProxyDocument(
+    port: int,
+    clusters: dict[str, list[str]] | list[dict[str, Any]],
+    routes: list[dict[str, Any]] | None = None,
+    virtualHosts: list[dict[str, Any]] | None = None,
+    listenerName: str = "web",
+    proxyConfig: dict[str, Any] | None = None,
+    router: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    A MOSN v2 document with one HTTP/1 C{proxy} listener on 127.0.0.1:C{port} using router
+    C{r}: one catch-all virtual host holding C{routes}, or the given C{virtualHosts}.
+    C{clusters} maps names to host addresses, or is a list of whole cluster dicts; C{proxyConfig},
+    C{router} and C{server} add keys to the filter config, the router and the server.
+    """
+    if isinstance(clusters, dict):
+        clusterList = [
+            {"name": name, "type": "SIMPLE", "lb_type": "LB_ROUNDROBIN", "connect_timeout": "2s",
+             "hosts": [{"address": a} for a in addresses]}
+            for name, addresses in clusters.items()
+        ]
+    else:
+        clusterList = clusters
+    if virtualHosts is None:
+        virtualHosts = [{"name": "all", "domains": ["*"], "routers": routes or []}]
+    filterConfig = {"downstream_protocol": "Http1", "router_config_name": "r", **(proxyConfig or {})}
+    return {
+        "servers": [{
+            "routers": [{"router_config_name": "r", "virtual_hosts": virtualHosts, **(router or {})}],
+            "listeners": [{
+                "name": listenerName,
+                "address": f"127.0.0.1:{port}",
+                "filter_chains": [{"filters": [{"type": "proxy", "config": filterConfig}]}],
+            }],
+            **(server or {}),
+        }],
+        "cluster_manager": {"clusters": clusterList},
+    }
