@@ -38,6 +38,10 @@ class IDownstreamConnection(Interface):
     accessLog = Attribute("The listener's access log (falsy when it has none): C{record(mapping)}.")
     draining = Attribute("C{True} once the listener is shutting down: finish what is in flight, take no more.")
 
+    onDrain = Attribute(
+        "A callable the network filter may set: called once when the listener starts draining."
+    )
+
     def closed() -> None:
         """
         Tell the listener this connection has ended (called once, from C{connectionLost}).

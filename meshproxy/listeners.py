@@ -58,6 +58,7 @@ class DownstreamConnection:
         self.bytesReceived = listener.bytesReceived
         self.bytesSent = listener.bytesSent
         self.accessLog = listener.accessLog
+        self.onDrain: Any = None
 
     @property
     def draining(self) -> bool:
@@ -76,6 +77,13 @@ class DownstreamConnection:
         Drop the connection at once (drain deadline).
         """
         self.transport.abortConnection()
+
+    def drainStarted(self) -> None:
+        """
+        Tell the network filter the listener is draining (an HTTP connection closes when idle).
+        """
+        if self.onDrain is not None:
+            self.onDrain()
 
 
 class FilterChainRuntime:
@@ -234,6 +242,8 @@ class ListenerFactory(Factory):
         Fire once every connection has ended, or abort the rest after C{timeout} seconds.
         """
         self.draining = True
+        for downstream in list(self.connections):
+            downstream.drainStarted()
         if not self.connections:
             return defer.succeed(None)
         drained: defer.Deferred[None] = defer.Deferred()

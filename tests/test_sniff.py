@@ -272,6 +272,18 @@ class ListenerBooksTests(SniffTestMixin, SynchronousTestCase):
         s2.downstream.closed()
         self.successResultOf(drained)
 
+    def test_drainNotifiesConnections(self) -> None:
+        """
+        Draining calls each connection's onDrain hook once (an idle HTTP connection closes).
+        """
+        self.setUpListener()
+        (s1, t1), (s2, t2) = self.connect(), self.connect()
+        calls: list[str] = []
+        s1.downstream.onDrain = lambda: calls.append("first")
+        self.listener.drain(30)
+        self.assertEqual(calls, ["first"])
+        self.assertTrue(s2.downstream.draining)
+
     def test_drainWithNothingOpen(self) -> None:
         """
         A listener with no connections drains at once.

@@ -190,6 +190,8 @@ class HTTPServerConnection(Protocol):
         self._pumping = False
         client = downstream.clientAddress
         self._clientIP = client[0].encode() if client is not None else b"unix"
+        self._rx = downstream.bytesReceived
+        self._tx = downstream.bytesSent
         self._resetExchange()
 
     def _resetExchange(self) -> None:
@@ -232,9 +234,22 @@ class HTTPServerConnection(Protocol):
         setNoDelay(self.transport)
         self.transport.bufferSize = self.settings.bufferLimit  # type: ignore[union-attr]
         self._write, self._writeSequence = directWriters(self.transport)
+        self.downstream.onDrain = self._drainStarted
         self._arm(self.settings.headerTimeout, "header")
 
+    def _drainStarted(self) -> None:
+        """
+        The listener is draining: an idle connection closes now; a busy one after its response
+        (which says C{Connection: close} when its head is still to be written).
+        """
+        self._keepAlive = False
+        if self.state == self.IDLE:
+            self.state = self.CLOSED
+            self._cancelTimer()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
     def dataReceived(self, data: bytes) -> None:
+        self._rx.value += len(data)
         if self.state == self.IDLE:
             self.state = self.HEAD
             self.parser.feed(data)
@@ -491,6 +506,7 @@ class HTTPServerConnection(Protocol):
             self._sendBody(data)
 
     def _sendBody(self, data: bytes) -> None:
+        self.cluster.bytesSent.value += len(data)
         if self._requestChunked:
             self.upstream.writeSequence(chunk(data))
         else:
@@ -566,6 +582,7 @@ class HTTPServerConnection(Protocol):
             upgrade=status == 101,
         )
         headBytes = responseHead(status, head.reason or reasonPhrase(status), fields)
+        self._tx.value += len(headBytes)
         self.stats.responded(status)
         if hasBody:
             # Held back so that it leaves with the first body bytes in one send (a small response
@@ -583,6 +600,7 @@ class HTTPServerConnection(Protocol):
         """
         self._lastActivity = self.clock.seconds()
         self._responseBytes += len(data)
+        self._tx.value += len(data)
         pending = self._pendingHead
         if pending:
             self._pendingHead = b""
@@ -732,13 +750,15 @@ class HTTPServerConnection(Protocol):
             fields.append((b"Connection", b"close"))
         head = self.head
         withBody = head is None or head.method != b"HEAD"
-        self._write(responseHead(status, reasonPhrase(status), fields) + (body if withBody else b""))
+        reply = responseHead(status, reasonPhrase(status), fields) + (body if withBody else b"")
+        self._tx.value += len(reply)
+        self._write(reply)
         self._status = status
         self.stats.responded(status)
         self._finishExchange()
 
     def _finishExchange(self) -> None:
-        keepAlive = self._keepAlive
+        keepAlive = self._keepAlive and not self.downstream.draining
         if self.head is not None:
             self.stats.active.value -= 1
             if self.downstream.accessLog:

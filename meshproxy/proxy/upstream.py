@@ -91,9 +91,11 @@ class UpstreamConnection(Protocol):
         self.requestsSent += 1
         self.responseStarted = False
         self.parser.expectResponse(method)
+        self.cluster.bytesSent.value += len(head)
         self.write(head)
 
     def dataReceived(self, data: bytes) -> None:
+        self.cluster.bytesReceived.value += len(data)
         exchange = self.exchange
         if exchange is None:
             # Nothing was asked: a server speaking out of turn cannot be trusted with the next request.
