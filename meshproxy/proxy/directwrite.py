@@ -23,12 +23,33 @@ Writer = Callable[[bytes], None]
 SequenceWriter = Callable[[Sequence[bytes]], None]
 
 
-def directWriters(transport: Any) -> tuple[Writer, SequenceWriter]:
+def directWriters(transport: Any, counter: Any = None) -> tuple[Writer, SequenceWriter]:
     """
-    C{(write, writeSequence)} for C{transport}: direct when it is a TCP/UNIX connection.
+    C{(write, writeSequence)} for C{transport}: direct when it is a TCP/UNIX connection.  Every
+    byte handed to them is added to C{counter} (a L{meshproxy.stats.Counter}) when one is given.
     """
     if not isinstance(transport, tcp.Connection):
-        return transport.write, transport.writeSequence
+        return _counting(transport.write, transport.writeSequence, counter)
+    write, writeSequence = _direct(transport)
+    return _counting(write, writeSequence, counter)
+
+
+def _counting(write: Writer, writeSequence: SequenceWriter, counter: Any) -> tuple[Writer, SequenceWriter]:
+    if counter is None:
+        return write, writeSequence
+
+    def countedWrite(data: bytes) -> None:
+        counter.value += len(data)
+        write(data)
+
+    def countedWriteSequence(pieces: Sequence[bytes]) -> None:
+        counter.value += sum(map(len, pieces))
+        writeSequence(pieces)
+
+    return countedWrite, countedWriteSequence
+
+
+def _direct(transport: Any) -> tuple[Writer, SequenceWriter]:
     send = transport.socket.send
     sendmsg = transport.socket.sendmsg
     queueWrite = transport.write

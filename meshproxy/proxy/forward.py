@@ -83,13 +83,15 @@ def upstreamRequestFields(
     variables: Mapping[str, bytes],
     bodyFraming: tuple[bytes, bytes] | None,
     newRequestId: Callable[[], bytes],
+    forwardedHost: bytes | None,
     upgrade: bool = False,
 ) -> tuple[Fields, bytes]:
     """
     The header fields of the upstream request for C{head}, and the request id used.
 
     C{bodyFraming} is the single framing field to send (C{Content-Length} or
-    C{Transfer-Encoding: chunked}), or C{None} for no body.
+    C{Transfer-Encoding: chunked}), or C{None} for no body.  C{forwardedHost} is the host the client
+    asked for (the authority of an absolute-form target, else its Host), for X-Forwarded-Host.
     """
     if head.connectionTokens:
         drop = drop | head.connectionTokens
@@ -113,8 +115,8 @@ def upstreamRequestFields(
     out.append((b"Host", host))
     out.append((b"X-Forwarded-For", clientIP if xff is None else xff + b", " + clientIP))
     out.append((b"X-Forwarded-Proto", scheme))
-    if head.host is not None:
-        out.append((b"X-Forwarded-Host", head.host))
+    if forwardedHost:
+        out.append((b"X-Forwarded-Host", forwardedHost))
     out.append((b"Via", VIA if via is None else via + b", " + VIA))
     out.append((b"X-Request-Id", requestId))
     if upgrade and head.upgrade is not None:

@@ -233,7 +233,7 @@ class HTTPServerConnection(Protocol):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self.transport.bufferSize = self.settings.bufferLimit  # type: ignore[union-attr]
-        self._write, self._writeSequence = directWriters(self.transport)
+        self._write, self._writeSequence = directWriters(self.transport, self._tx)
         self.downstream.onDrain = self._drainStarted
         self._arm(self.settings.headerTimeout, "header")
 
@@ -411,12 +411,13 @@ class HTTPServerConnection(Protocol):
         if head.chunked:
             framing = _CHUNKED
             self._requestChunked = True
-        elif head.contentLength:
+        elif head.contentLength is not None:
             framing = (b"Content-Length", b"%d" % head.contentLength)
         adds = route.requestHeadersToAdd
         fields, self._requestId = upstreamRequestFields(
             head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, b"http", adds,
-            self._variables() if adds else {}, framing, self.filter.requestIds.new, upgrade=self._awaitingSwitch,
+            self._variables() if adds else {}, framing, self.filter.requestIds.new, host,
+            upgrade=self._awaitingSwitch,
         )
         self._upstreamFields = fields
         self._upstreamTarget = upstreamTarget
@@ -506,7 +507,6 @@ class HTTPServerConnection(Protocol):
             self._sendBody(data)
 
     def _sendBody(self, data: bytes) -> None:
-        self.cluster.bytesSent.value += len(data)
         if self._requestChunked:
             self.upstream.writeSequence(chunk(data))
         else:
@@ -537,8 +537,13 @@ class HTTPServerConnection(Protocol):
         request = self.head
         assert request is not None
         status = head.status
+        if status == 101 and not self._awaitingSwitch:
+            # A switch nobody proposed: the upstream must not take over this connection.
+            self._abortUpstream()
+            self._localReply(502, "upstream_protocol_error", close=not self._requestDone)
+            return
         if status < 200 and status != 101:
-            if not (status == 100 and request.expectContinue):
+            if request.version != b"1.0" and not (status == 100 and request.expectContinue):
                 self._write(responseHead(status, head.reason, clientResponseFields(
                     head, frozenset(), (), {}, None, None)))
             return
@@ -549,7 +554,7 @@ class HTTPServerConnection(Protocol):
             if type(self.parser.nextEvent()) is EndOfMessage:
                 self._requestDone = True
         self._responseStarted = True
-        self._responseAt = self.clock.seconds()
+        self._responseAt = self._lastActivity = self.clock.seconds()
         self.state = self.RESPONDING
         self._status = status
         route = self.route
@@ -582,7 +587,6 @@ class HTTPServerConnection(Protocol):
             upgrade=status == 101,
         )
         headBytes = responseHead(status, head.reason or reasonPhrase(status), fields)
-        self._tx.value += len(headBytes)
         self.stats.responded(status)
         if hasBody:
             # Held back so that it leaves with the first body bytes in one send (a small response
@@ -600,7 +604,6 @@ class HTTPServerConnection(Protocol):
         """
         self._lastActivity = self.clock.seconds()
         self._responseBytes += len(data)
-        self._tx.value += len(data)
         pending = self._pendingHead
         if pending:
             self._pendingHead = b""
@@ -750,9 +753,7 @@ class HTTPServerConnection(Protocol):
             fields.append((b"Connection", b"close"))
         head = self.head
         withBody = head is None or head.method != b"HEAD"
-        reply = responseHead(status, reasonPhrase(status), fields) + (body if withBody else b"")
-        self._tx.value += len(reply)
-        self._write(reply)
+        self._write(responseHead(status, reasonPhrase(status), fields) + (body if withBody else b""))
         self._status = status
         self.stats.responded(status)
         self._finishExchange()

@@ -22,14 +22,18 @@ class TunnelSide(Protocol):
     One side of an upgraded connection: what it receives goes to the peer's transport.
     """
 
-    def __init__(self, onLost: Any) -> None:
+    def __init__(self, onLost: Any, received: Any, sentByPeer: Any) -> None:
         self.peer: TunnelSide | None = None
+        self._received = received
+        self._sentByPeer = sentByPeer
         self._onLost = onLost
         self.closed = False
         self.eof = False
 
     def dataReceived(self, data: bytes) -> None:
-        assert self.peer is not None
+        size = len(data)
+        self._received.value += size
+        self._sentByPeer.value += size
         self.peer.transport.write(data)  # type: ignore[union-attr]
 
     def readConnectionLost(self) -> None:
@@ -66,8 +70,10 @@ def startTunnel(server: Any, upstream: Any, clientBytes: bytes, upstreamBytes: b
     Turn the client connection of C{server} (an L{HTTPServerConnection}) and C{upstream} (an
     L{UpstreamConnection}) into a raw relay, first delivering bytes each parser already held.
     """
-    down = TunnelSide(lambda reason: server.downstream.closed())
-    up = TunnelSide(upstream.connectionLost)
+    listener, cluster = server.downstream, upstream.cluster
+    # Bytes the client sends are received on the listener and sent to the cluster, and back.
+    down = TunnelSide(lambda reason: server.downstream.closed(), listener.bytesReceived, cluster.bytesSent)
+    up = TunnelSide(upstream.connectionLost, cluster.bytesReceived, listener.bytesSent)
     down.peer, up.peer = up, down
     downTransport, upTransport = server.transport, upstream.transport
     switchProtocol(downTransport, server, down)
@@ -79,6 +85,8 @@ def startTunnel(server: Any, upstream: Any, clientBytes: bytes, upstreamBytes: b
     downTransport.resumeProducing()
     upTransport.resumeProducing()
     if upstreamBytes:
+        listener.bytesSent.value += len(upstreamBytes)
         downTransport.write(upstreamBytes)
     if clientBytes:
+        cluster.bytesSent.value += len(clientBytes)
         upTransport.write(clientBytes)

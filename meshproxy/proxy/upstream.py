@@ -70,13 +70,14 @@ class UpstreamConnection(Protocol):
         self.requestsSent = 0
         self.idleSince = 0.0
         self.responseStarted = False
+        self.responseKeepAlive = True
         self._onReady: Any = None
 
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self.transport.bufferSize = self.cluster.bufferLimit  # type: ignore[union-attr]
         self.cluster.connectionOpened(self.host)
-        self.write, self.writeSequence = directWriters(self.transport)
+        self.write, self.writeSequence = directWriters(self.transport, self.cluster.bytesSent)
         self.state = self.IDLE
         ready, self._onReady = self._onReady, None
         ready(self)
@@ -90,8 +91,8 @@ class UpstreamConnection(Protocol):
         self.exchange = exchange
         self.requestsSent += 1
         self.responseStarted = False
+        self.responseKeepAlive = True
         self.parser.expectResponse(method)
-        self.cluster.bytesSent.value += len(head)
         self.write(head)
 
     def dataReceived(self, data: bytes) -> None:
@@ -113,7 +114,9 @@ class UpstreamConnection(Protocol):
                     exchange.responseFlush()
                     return
                 elif kind is ResponseHead:
-                    self.responseStarted = True
+                    if event.status >= 200 or event.status == 101:  # type: ignore[union-attr]
+                        self.responseStarted = True  # interim 1xx heads do not start the response
+                        self.responseKeepAlive = event.keepAlive  # type: ignore[union-attr]
                     exchange.responseHead(event)
                 elif kind is EndOfMessage:
                     self.exchange = None
@@ -139,7 +142,8 @@ class UpstreamConnection(Protocol):
         self.state = self.IDLE
         self.exchange = None
         self.transport.resumeProducing()  # type: ignore[union-attr]
-        self.pool.release(self, reusable and self.parser.bufferedBytes == 0)
+        # A response that ends the connection (Connection: close, HTTP/1.0) is never pooled.
+        self.pool.release(self, reusable and self.responseKeepAlive and self.parser.bufferedBytes == 0)
 
     def close(self) -> None:
         """
