@@ -1,0 +1,266 @@
+"""
+Tests for L{meshproxy.proxy.directwrite}: writes that go straight to the socket when Twisted's queue is
+empty, and through C{transport.write} otherwise.  A real L{tcp.Connection} is built around one end of a
+socket pair with a memory reactor (nothing is registered with a real reactor); a scripted socket stands
+in where the kernel's answer must be chosen (partial sends, errors).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Sequence
+
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from meshproxy.proxy.directwrite import directWriters
+from meshproxy.stats import Counter
+
+
+class ScriptedSocket:
+    """
+    A socket whose C{send}/C{sendmsg} accept as many bytes as told, or raise what they are told.
+    """
+
+    def __init__(self, accept: int | None = None, error: Exception | None = None) -> None:
+        self.accept = accept
+        self.error = error
+        self.sent: list[bytes] = []
+
+    def _take(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        count = len(data) if self.accept is None else min(self.accept, len(data))
+        self.sent.append(data[:count])
+        return count
+
+    def send(self, data: bytes) -> int:
+        return self._take(data)
+
+    def sendmsg(self, pieces: Sequence[bytes]) -> int:
+        return self._take(b"".join(pieces))
+
+
+class DirectWriteTestMixin:
+    def connection(self) -> tuple[tcp.Connection, socket.socket]:
+        """
+        A connected L{tcp.Connection} on one end of a socket pair, and the other end.
+        """
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)  # type: ignore[attr-defined]
+        self.addCleanup(peer.close)  # type: ignore[attr-defined]
+        peer.setblocking(False)
+        self.reactor = MemoryReactor()
+        transport = tcp.Connection(ours, Protocol(), self.reactor)
+        transport.connected = True
+        return transport, peer
+
+    def scripted(self, socket: ScriptedSocket) -> tuple[tcp.Connection, Any, Any]:
+        """
+        A connection whose socket is C{socket}, with its direct writers.
+        """
+        transport, _ = self.connection()
+        transport.socket = socket  # type: ignore[assignment]
+        write, writeSequence = directWriters(transport)
+        return transport, write, writeSequence
+
+    def queued(self, transport: tcp.Connection) -> list[bytes]:
+        """
+        What Twisted's queue holds, in order.
+        """
+        return ([bytes(transport.dataBuffer)] if transport.dataBuffer else []) + list(transport._tempDataBuffer)
+
+    def receive(self, peer: socket.socket) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = peer.recv(1 << 20)
+            except BlockingIOError:
+                return b"".join(chunks)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+class OtherTransportTests(SynchronousTestCase):
+    """
+    Transports that are not TCP/UNIX connections keep their own methods.
+    """
+
+    def test_plainMethods(self) -> None:
+        """
+        A string transport (or TLS) gets its own C{write} and C{writeSequence}.
+        """
+        transport = StringTransport()
+        self.assertEqual(directWriters(transport), (transport.write, transport.writeSequence))
+
+    def test_counted(self) -> None:
+        """
+        With a counter, every byte handed over is counted and still written.
+        """
+        transport, counter = StringTransport(), Counter()
+        write, writeSequence = directWriters(transport, counter)
+        write(b"abc")
+        writeSequence([b"de", b"", b"f"])
+        self.assertEqual((transport.value(), counter.value), (b"abcdef", 6))
+
+
+class SocketPairTests(DirectWriteTestMixin, SynchronousTestCase):
+    """
+    A real connection over a socket pair.
+    """
+
+    def test_emptyQueueWrite(self) -> None:
+        """
+        With nothing queued, bytes go to the socket at once: nothing is queued and the reactor is
+        not asked to watch for writability.
+        """
+        transport, peer = self.connection()
+        write, _ = directWriters(transport)
+        write(b"hello")
+        self.assertEqual(self.receive(peer), b"hello")
+        self.assertEqual((self.queued(transport), self.reactor.getWriters()), ([], []))
+
+    def test_emptyQueueWriteSequence(self) -> None:
+        """
+        A sequence goes out in one send, in order.
+        """
+        transport, peer = self.connection()
+        _, writeSequence = directWriters(transport)
+        writeSequence([b"a", b"bc", b"", b"def"])
+        writeSequence([])
+        self.assertEqual(self.receive(peer), b"abcdef")
+        self.assertEqual(self.queued(transport), [])
+
+    def test_queueNotEmpty(self) -> None:
+        """
+        Once Twisted holds bytes, everything goes through C{transport.write}, after them, and leaves
+        in order when the transport writes.
+        """
+        transport, peer = self.connection()
+        write, writeSequence = directWriters(transport)
+        transport.write(b"1")
+        write(b"2")
+        writeSequence([b"3", b"4"])
+        self.assertEqual(self.receive(peer), b"")
+        self.assertEqual(self.queued(transport), [b"1", b"2", b"3", b"4"])
+        self.assertEqual(self.reactor.getWriters(), [transport])
+        transport.doWrite()
+        self.assertEqual(self.receive(peer), b"1234")
+
+    def test_partialSendOverSocket(self) -> None:
+        """
+        What the kernel does not take is queued, and arrives after the part it took.
+        """
+        transport, peer = self.connection()
+        write, _ = directWriters(transport)
+        data = bytes(range(256)) * 40000
+        write(data)
+        queued = b"".join(self.queued(transport))
+        self.assertTrue(0 < len(queued) < len(data))
+        received = [self.receive(peer)]
+        while transport._tempDataLen or transport.dataBuffer:
+            transport.doWrite()
+            received.append(self.receive(peer))
+        self.assertEqual(b"".join(received), data)
+
+    def test_counted(self) -> None:
+        """
+        The direct path counts what it is handed, sent at once or queued.
+        """
+        transport, peer = self.connection()
+        counter = Counter()
+        write, writeSequence = directWriters(transport, counter)
+        write(b"abc")
+        transport.write(b"queued ")
+        writeSequence([b"de", b"f"])
+        self.assertEqual(counter.value, 6)
+        transport.doWrite()
+        self.assertEqual(self.receive(peer), b"abcqueued def")
+
+    def test_closingGoesThroughTwisted(self) -> None:
+        """
+        A transport that is disconnecting, half-closed or not connected is left to Twisted.
+        """
+        for attribute in ("disconnecting", "_writeDisconnected"):
+            transport, peer = self.connection()
+            write, _ = directWriters(transport)
+            setattr(transport, attribute, True)
+            write(b"x")
+            self.assertEqual(self.receive(peer), b"", attribute)
+        transport, peer = self.connection()
+        write, _ = directWriters(transport)
+        transport.connected = False
+        write(b"x")
+        self.assertEqual((self.receive(peer), self.queued(transport)), (b"", []))
+
+
+class ScriptedSendTests(DirectWriteTestMixin, SynchronousTestCase):
+    """
+    Partial sends and errors, chosen.
+    """
+
+    def test_partialWrite(self) -> None:
+        """
+        The unsent tail of a write is queued.
+        """
+        transport, write, _ = self.scripted(ScriptedSocket(accept=2))
+        write(b"abcde")
+        self.assertEqual(transport.socket.sent, [b"ab"])  # type: ignore[attr-defined]
+        self.assertEqual(self.queued(transport), [b"cde"])
+
+    def test_blockedWrite(self) -> None:
+        """
+        A send that would block queues everything.
+        """
+        transport, write, writeSequence = self.scripted(ScriptedSocket(error=BlockingIOError()))
+        write(b"abc")
+        self.assertEqual(self.queued(transport), [b"abc"])
+
+    def test_errorWrite(self) -> None:
+        """
+        Any other socket error queues the bytes, for Twisted's write path to report.
+        """
+        transport, write, writeSequence = self.scripted(ScriptedSocket(error=ConnectionResetError()))
+        write(b"abc")
+        self.assertEqual(self.queued(transport), [b"abc"])
+
+    def test_sequenceSplit(self) -> None:
+        """
+        After a partial C{sendmsg} the rest is queued piece by piece: the piece the send ended in
+        from where it ended, the later pieces whole; an end on a piece boundary queues whole pieces.
+        """
+        cases = [
+            (5, [b"fg", b"hi"]),
+            (3, [b"defg", b"hi"]),
+            (0, [b"abc", b"defg", b"hi"]),
+            (1, [b"bc", b"defg", b"hi"]),
+            (8, [b"i"]),
+            (9, []),
+        ]
+        for accept, rest in cases:
+            transport, _, writeSequence = self.scripted(ScriptedSocket(accept=accept))
+            writeSequence([b"abc", b"defg", b"hi"])
+            self.assertEqual(self.queued(transport), rest, accept)
+
+    def test_errorSequence(self) -> None:
+        """
+        A failing or blocked C{sendmsg} queues every piece.
+        """
+        for error in (BlockingIOError(), BrokenPipeError()):
+            transport, _, writeSequence = self.scripted(ScriptedSocket(error=error))
+            writeSequence([b"abc", b"de"])
+            self.assertEqual(self.queued(transport), [b"abc", b"de"])
+
+    def test_backpressureAfterQueueing(self) -> None:
+        """
+        Queued remainders count toward the transport's buffer, so a registered producer is paused.
+        """
+        transport, write, _ = self.scripted(ScriptedSocket(accept=0))
+        producer = StringTransport()
+        transport.bufferSize = 4
+        transport.registerProducer(producer, True)
+        write(b"abcdef")
+        self.assertEqual(producer.producerState, "paused")
