@@ -101,7 +101,36 @@ def _valuesOf(headers: Headers, name: bytes) -> list[bytes]:
     return [v for n, v in headers if n.lower() == lowered]
 
 
-class RequestHead:
+class _Head:
+    """
+    What request and response heads share: header lookup, equality by value, a readable repr.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    headers: Headers
+
+    def headerValues(self, name: bytes) -> list[bytes]:
+        """
+        The values of every header named C{name} (case-insensitive), in order.
+        """
+        return _valuesOf(self.headers, name)
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class RequestHead(_Head):
     """
     A parsed request line and header section, with the derived facts a proxy
     needs computed once by the parser.
@@ -162,28 +191,9 @@ class RequestHead:
         self.upgrade = upgrade
         self.expectContinue = expectContinue
 
-    def headerValues(self, name: bytes) -> list[bytes]:
-        """
-        The values of every header named C{name} (case-insensitive), in order.
-        """
-        return _valuesOf(self.headers, name)
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not RequestHead:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"RequestHead({fields})"
 
 
-class ResponseHead:
+class ResponseHead(_Head):
     """
     A parsed status line and header section.
 
@@ -233,25 +243,6 @@ class ResponseHead:
         self.keepAlive = keepAlive
         self.connectionTokens = connectionTokens
 
-    def headerValues(self, name: bytes) -> list[bytes]:
-        """
-        The values of every header named C{name} (case-insensitive), in order.
-        """
-        return _valuesOf(self.headers, name)
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not ResponseHead:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"ResponseHead({fields})"
 
 
 class BodyData:
