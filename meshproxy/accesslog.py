@@ -206,3 +206,51 @@ def startTime(seconds: float) -> str:
     """
     whole = int(seconds)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%03dZ" % int((seconds - whole) * 1000)
+
+
+def formatAddress(address: tuple[str, int] | None) -> str | None:
+    """
+    C{host:port}, with IPv6 hosts in brackets; L{None} for no address (a unix socket peer).
+    """
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def httpRecord(
+    downstream: Any,
+    head: Any,
+    started: float,
+    now: float,
+    responseAt: float,
+    bytesReceived: int,
+    bytesSent: int,
+    status: int,
+    failure: str,
+    host: Any,
+    cluster: Any,
+    requestId: bytes,
+) -> dict[str, Any]:
+    """
+    The access-log record of one HTTP exchange (times in milliseconds).
+    """
+    return {
+        "start_time": startTime(started),
+        "duration": round((now - started) * 1000, 3),
+        "response_received_duration": round((responseAt - started) * 1000, 3) if responseAt else None,
+        "bytes_received": bytesReceived,
+        "bytes_sent": bytesSent,
+        "protocol": "HTTP/" + head.version.decode("ascii"),
+        "response_code": status or None,
+        "response_flag": responseFlag(failure),
+        "downstream_remote_address": formatAddress(downstream.clientAddress),
+        "downstream_local_address": formatAddress(downstream.localAddress),
+        "upstream_host": host.address if host is not None else None,
+        "upstream_cluster": cluster.name if cluster is not None else None,
+        "listener_name": downstream.listenerName,
+        "request_method": head.method.decode("latin-1"),
+        "request_host": head.host.decode("latin-1") if head.host is not None else None,
+        "request_path": head.target.decode("latin-1"),
+        "request_id": requestId.decode("latin-1") or None,
+    }

@@ -27,6 +27,7 @@ _REQUEST_OWNED = frozenset(
 _RESPONSE_OWNED = frozenset([b"content-length"])
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}\Z")
 VIA = b"1.1 meshproxy"
+CHUNKED = (b"Transfer-Encoding", b"chunked")
 
 
 class RequestIds:

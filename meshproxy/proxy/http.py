@@ -10,16 +10,15 @@ A 101 answer to an Upgrade switches both sides to a raw relay.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from meshproxy.accesslog import responseFlag, startTime
+from meshproxy.accesslog import httpRecord
 from meshproxy.cluster.cluster import ClusterSet, UpstreamHost
 from meshproxy.cluster.pool import PoolSet
 from meshproxy.config import HTTPProxyConfig
@@ -30,93 +29,31 @@ from meshproxy.http import (
     ConnectionClosed,
     EndOfMessage,
     HTTP1Parser,
-    HTTPLimits,
     HTTPParseError,
     RequestHead,
-    ResponseHead,
     chunk,
     lastChunk,
     reasonPhrase,
     requestHead,
-    responseHasBody,
     responseHead,
 )
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
+from meshproxy.proxy.deadline import Deadline
+from meshproxy.proxy import httpresponse
 from meshproxy.proxy.directwrite import directWriters
+from meshproxy.proxy.httpsettings import HTTPSettings, HTTPStats
 from meshproxy.proxy.forward import (
+    CHUNKED,
     RequestDropSets,
     RequestIds,
     clientRequestId,
-    clientResponseFields,
     upstreamRequestFields,
 )
-from meshproxy.proxy.tunnel import startTunnel
 from meshproxy.proxy.upstream import setNoDelay
 from meshproxy.routing.table import RouteTable, splitTarget
 from meshproxy.stats import StatsStore
 
-IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
-_CHUNKED = (b"Transfer-Encoding", b"chunked")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class HTTPSettings:
-    """
-    The connection manager's limits and timeouts (the architecture's defaults).
-    """
-
-    def __init__(
-        self,
-        limits: HTTPLimits = HTTPLimits(),
-        headerTimeout: float = 10.0,
-        idleTimeout: float = 60.0,
-        bodyTimeout: float = 60.0,
-        maxRequestsPerConnection: int = 1000,
-        maxRequestBodyBytes: int = 0,
-        bufferLimit: int = 65536,
-        maxConnectRetries: int = 2,
-    ) -> None:
-        self.limits = limits
-        self.headerTimeout = headerTimeout
-        self.idleTimeout = idleTimeout
-        self.bodyTimeout = bodyTimeout
-        self.maxRequestsPerConnection = maxRequestsPerConnection
-        self.maxRequestBodyBytes = maxRequestBodyBytes
-        self.bufferLimit = bufferLimit
-        self.maxConnectRetries = maxConnectRetries
-
-
-class HTTPStats:
-    """
-    The HTTP filter's counters, shared by its connections.
-    """
-
-    def __init__(self, stats: StatsStore, listener: str) -> None:
-        self._stats = stats
-        self._listener = listener
-        self.requests = stats.counter("http_downstream_rq_total", "HTTP requests received.", listener=listener)
-        self.active = stats.gauge("http_downstream_rq_active", "HTTP requests in flight.", listener=listener)
-        self.retries = stats.counter("http_upstream_rq_retry_total", "Requests retried upstream.", listener=listener)
-        self._byClass = [
-            stats.counter("http_downstream_rq_xx_total", "HTTP responses by status class.", listener=listener,
-                          code_class=f"{n}xx")
-            for n in range(1, 6)
-        ]
-
-    def responded(self, status: int) -> None:
-        self._byClass[min(max(status // 100, 1), 5) - 1].value += 1
-
-    def localReply(self, reason: str) -> None:
-        self._stats.counter(
-            "http_local_reply_total", "Responses meshproxy made itself, by reason.", listener=self._listener,
-            reason=reason,
-        ).inc()
-
-    def rejected(self, reason: str) -> None:
-        self._stats.counter(
-            "http_downstream_rq_rejected_total", "Requests refused as malformed, by reason.",
-            listener=self._listener, reason=reason,
-        ).inc()
 
 
 @implementer(INetworkFilterFactory)
@@ -183,9 +120,7 @@ class HTTPServerConnection(Protocol):
         self.parser = HTTP1Parser(SERVER, filter.settings.limits)
         self.state = self.IDLE
         self.requestCount = 0
-        self._timer: IDelayedCall | None = None
-        self._timerKind = ""
-        self._deadline = 0.0
+        self._deadline = Deadline(filter.clock, self._timedOut)
         self._readPaused = False
         self._pumping = False
         client = downstream.clientAddress
@@ -235,7 +170,15 @@ class HTTPServerConnection(Protocol):
         self.transport.bufferSize = self.settings.bufferLimit  # type: ignore[union-attr]
         self._write, self._writeSequence = directWriters(self.transport, self._tx)
         self.downstream.onDrain = self._drainStarted
-        self._arm(self.settings.headerTimeout, "header")
+        self._deadline.arm(self.settings.headerTimeout, "header")
+
+    # The response half (called by the upstream connection), in meshproxy.proxy.httpresponse.
+    responseHead = httpresponse.responseHead
+    responseBody = httpresponse.responseBody
+    responseFlush = httpresponse.responseFlush
+    responseEnd = httpresponse.responseEnd
+    upstreamFailed = httpresponse.upstreamFailed
+    upstreamUpgraded = httpresponse.upstreamUpgraded
 
     def _drainStarted(self) -> None:
         """
@@ -245,7 +188,7 @@ class HTTPServerConnection(Protocol):
         self._keepAlive = False
         if self.state == self.IDLE:
             self.state = self.CLOSED
-            self._cancelTimer()
+            self._deadline.cancel()
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -256,7 +199,7 @@ class HTTPServerConnection(Protocol):
             self._pump()
             if self.state == self.HEAD:
                 # Only a head that did not arrive whole needs its deadline.
-                self._arm(self.settings.headerTimeout, "header")
+                self._deadline.arm(self.settings.headerTimeout, "header")
             return
         self.parser.feed(data)
         self._pump()
@@ -269,7 +212,7 @@ class HTTPServerConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         previous = self.state
         self.state = self.CLOSED
-        self._cancelTimer()
+        self._deadline.cancel()
         upstream, self.upstream = self.upstream, None
         if upstream is not None and previous in (self.UPSTREAM, self.RESPONDING):
             upstream.exchange = None
@@ -373,7 +316,7 @@ class HTTPServerConnection(Protocol):
         self._keepAlive = head.keepAlive and self.requestCount < self.settings.maxRequestsPerConnection
         self._requestHasBody = head.chunked or bool(head.contentLength)
         # Until the request is sent, the pool's queue and connect timeouts bound the wait.
-        self._expect("wait", self._started + 3600.0)
+        self._deadline.expect("wait", self._started + 3600.0)
         limit = self.settings.maxRequestBodyBytes
         if limit and head.contentLength is not None and head.contentLength > limit:
             self._localReply(413, "request_body_too_large", close=True)
@@ -409,7 +352,7 @@ class HTTPServerConnection(Protocol):
         upstreamHost = route.hostRewrite or host or b""
         framing: tuple[bytes, bytes] | None = None
         if head.chunked:
-            framing = _CHUNKED
+            framing = CHUNKED
             self._requestChunked = True
         elif head.contentLength is not None:
             framing = (b"Content-Length", b"%d" % head.contentLength)
@@ -467,13 +410,13 @@ class HTTPServerConnection(Protocol):
         if self._requestDone:
             if self._requestHasBody:
                 self._sendEnd(self._queuedTrailers)
-            self._arm(self.route.timeout, "response")
+            self._deadline.arm(self.route.timeout, "response")
         else:
             if self._requestHasBody:
                 upstream.transport.registerProducer(self.transport, True)
                 if head.expectContinue:
                     self._write(_CONTINUE)
-                self._arm(self.settings.bodyTimeout, "body")
+                self._deadline.arm(self.settings.bodyTimeout, "body")
             self._pump()
 
     def connectionFailed(self, host: UpstreamHost | None, reason: str) -> None:
@@ -528,193 +471,16 @@ class HTTPServerConnection(Protocol):
             if not self._readPaused:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
         if not self._responseStarted:
-            self._arm(self.route.timeout, "response")
-
-    def responseHead(self, head: ResponseHead) -> None:
-        """
-        The upstream's response head (or a 1xx before it): forward it to the client.
-        """
-        request = self.head
-        assert request is not None
-        status = head.status
-        if status == 101 and not self._awaitingSwitch:
-            # A switch nobody proposed: the upstream must not take over this connection.
-            self._abortUpstream()
-            self._localReply(502, "upstream_protocol_error", close=not self._requestDone)
-            return
-        if status < 200 and status != 101:
-            if request.version != b"1.0" and not (status == 100 and request.expectContinue):
-                self._write(responseHead(status, head.reason, clientResponseFields(
-                    head, frozenset(), (), {}, None, None)))
-            return
-        if self._awaitingSwitch and status != 101:
-            # Refused: the request (it has no body) is complete; HTTP/1.1 goes on after it.
-            self._awaitingSwitch = False
-            self.parser.resume()
-            if type(self.parser.nextEvent()) is EndOfMessage:
-                self._requestDone = True
-        self._responseStarted = True
-        self._responseAt = self._lastActivity = self.clock.seconds()
-        self.state = self.RESPONDING
-        self._status = status
-        route = self.route
-        hasBody = responseHasBody(request.method, status) and status != 101
-        self._responseHasBody = hasBody
-        framing: tuple[bytes, bytes] | None = None
-        if not hasBody:
-            if head.contentLength is not None and status != 101:
-                framing = (b"Content-Length", b"%d" % head.contentLength)
-        elif head.contentLength is not None and not head.chunked:
-            framing = (b"Content-Length", b"%d" % head.contentLength)
-        elif request.version == b"1.1":
-            framing = _CHUNKED
-            self._responseChunked = True
-        else:
-            self._keepAlive = False  # an HTTP/1.0 client reads to the close
-        if not self._requestDone or self.downstream.draining:
-            self._keepAlive = False
-        if status == 101:
-            connection = None
-        elif not self._keepAlive:
-            connection = b"close"
-        elif request.version == b"1.0":
-            connection = b"keep-alive"
-        else:
-            connection = None
-        adds = route.responseHeadersToAdd
-        fields = clientResponseFields(
-            head, route.responseHeadersToRemove, adds, self._variables() if adds else {}, framing, connection,
-            upgrade=status == 101,
-        )
-        headBytes = responseHead(status, head.reason or reasonPhrase(status), fields)
-        self.stats.responded(status)
-        if hasBody:
-            # Held back so that it leaves with the first body bytes in one send (a small response
-            # usually arrives whole); L{responseFlush} sends it if the body is slower.
-            self._pendingHead = headBytes
-        else:
-            self._write(headBytes)
-        if hasBody:
-            self.transport.registerProducer(self.upstream.transport, True)  # type: ignore[union-attr]
-            self._expect("body", self._lastActivity + self.settings.bodyTimeout)
-
-    def responseBody(self, data: bytes) -> None:
-        """
-        Response body bytes: straight to the client (re-chunked when the client gets chunked).
-        """
-        self._lastActivity = self.clock.seconds()
-        self._responseBytes += len(data)
-        pending = self._pendingHead
-        if pending:
-            self._pendingHead = b""
-            if self._responseChunked:
-                self._writeSequence((pending, *chunk(data)))
-            else:
-                self._writeSequence((pending, data))
-        elif self._responseChunked:
-            self._writeSequence(chunk(data))
-        else:
-            self._write(data)
-
-    def responseFlush(self) -> None:
-        """
-        The upstream has nothing more for now: send a held-back response head.
-        """
-        pending = self._pendingHead
-        if pending:
-            self._pendingHead = b""
-            self._write(pending)
-
-    def responseEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """
-        The response is complete: release the upstream connection and go on with the next request.
-        """
-        pending, self._pendingHead = self._pendingHead, b""
-        if self._responseChunked:
-            self._write(pending + lastChunk(trailers))
-        elif pending:
-            self._write(pending)
-        if self._responseHasBody:
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
-        upstream, self.upstream = self.upstream, None
-        upstream.finished(self._requestDone)
-        self._finishExchange()
-
-    def upstreamFailed(self, reason: str, responseStarted: bool, detail: str) -> None:
-        """
-        The upstream connection broke or sent garbage mid-exchange.
-        """
-        upstream, self.upstream = self.upstream, None
-        if self.state == self.CLOSED:
-            return
-        self._failure = reason
-        if responseStarted:
-            self.log.info(
-                "{listener}: upstream {host} failed mid-response ({reason}: {detail}); aborting client",
-                listener=self.downstream.listenerName, host=self.host.address if self.host else "-",
-                reason=reason, detail=detail,
-            )
-            self.transport.abortConnection()  # type: ignore[union-attr]
-            return
-        head = self.head
-        assert head is not None
-        if (
-            reason == "upstream_reset"
-            and self._reused
-            and head.method in IDEMPOTENT
-            and not self._requestHasBody
-            and len(self._tried) <= self.settings.maxConnectRetries
-        ):
-            # A pooled connection the host had already closed: retry once on a fresh one.
-            self.stats.retries.inc()
-            self._tried.pop()
-            self._reused = False
-            assert self.host is not None
-            self.filter.pools.get(self.cluster).acquire(self.host, self, True)
-            return
-        if upstream is not None and self._requestHasBody and not self._requestDone:
-            upstream.transport.unregisterProducer()
-        self._localReply(502, reason, close=not self._requestDone)
-
-    def upstreamUpgraded(self, leftover: bytes) -> None:
-        """
-        The upstream agreed to switch protocols (101, already forwarded): relay raw bytes.
-        """
-        upstream, self.upstream = self.upstream, None
-        self.state = self.TUNNEL
-        self._cancelTimer()
-        clientBytes = self.parser.switchedProtocols() if self._awaitingSwitch else b""
-        self.stats.active.value -= 1
-        if self.downstream.accessLog:
-            self._logAccess()
-        self.head = None
-        startTunnel(self, upstream, clientBytes, leftover)
+            self._deadline.arm(self.route.timeout, "response")
 
     def _logAccess(self) -> None:
         head = self.head
         assert head is not None
-        now = self.clock.seconds()
-        started = self._started
-        d = self.downstream
-        self.downstream.accessLog.record({
-            "start_time": startTime(started),
-            "duration": round((now - started) * 1000, 3),
-            "response_received_duration": round((self._responseAt - started) * 1000, 3) if self._responseAt else None,
-            "bytes_received": self._requestBodySent,
-            "bytes_sent": self._responseBytes,
-            "protocol": "HTTP/" + head.version.decode("ascii"),
-            "response_code": self._status or None,
-            "response_flag": responseFlag(self._failure),
-            "downstream_remote_address": _formatAddress(d.clientAddress),
-            "downstream_local_address": _formatAddress(d.localAddress),
-            "upstream_host": self.host.address if self.host is not None else None,
-            "upstream_cluster": self.cluster.name if self.cluster is not None else None,
-            "listener_name": d.listenerName,
-            "request_method": head.method.decode("latin-1"),
-            "request_host": head.host.decode("latin-1") if head.host is not None else None,
-            "request_path": head.target.decode("latin-1"),
-            "request_id": (self._requestId or clientRequestId(head) or b"").decode("latin-1") or None,
-        })
+        self.downstream.accessLog.record(httpRecord(
+            self.downstream, head, self._started, self.clock.seconds(), self._responseAt,
+            self._requestBodySent, self._responseBytes, self._status, self._failure,
+            self.host, self.cluster, self._requestId or clientRequestId(head) or b"",
+        ))
 
     def _abortUpstream(self) -> None:
         upstream, self.upstream = self.upstream, None
@@ -767,63 +533,23 @@ class HTTPServerConnection(Protocol):
         self._resetExchange()
         if not keepAlive:
             self.state = self.CLOSED
-            self._cancelTimer()
+            self._deadline.cancel()
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.state = self.IDLE
         if self.parser.bufferedBytes:
             self.state = self.HEAD
-            self._arm(self.settings.headerTimeout, "header")
+            self._deadline.arm(self.settings.headerTimeout, "header")
             self._pump()
         else:
-            self._arm(self.settings.idleTimeout, "idle")
+            self._deadline.arm(self.settings.idleTimeout, "idle")
             if self._readPaused:
                 self._readPaused = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
 
-    # -- the one timer ------------------------------------------------------------------------------
+    # -- deadlines -------------------------------------------------------------------------------
 
-    def _arm(self, seconds: float, kind: str) -> None:
-        """
-        Point the connection's one timer at C{seconds} from now for C{kind}.
-
-        Moving a Twisted timer later is cheap (the reactor re-sorts lazily), moving it sooner
-        searches the pending list; so sooner means cancel (lazy) and a fresh C{callLater}.
-        """
-        self._timerKind = kind
-        deadline = self._deadline = self.clock.seconds() + seconds
-        timer = self._timer
-        if timer is not None and timer.active():
-            if deadline >= timer.getTime():
-                timer.reset(seconds)
-                return
-            timer.cancel()
-        self._timer = self.clock.callLater(seconds, self._timedOut)
-
-    def _expect(self, kind: str, deadline: float) -> None:
-        """
-        Change what the timer means without rescheduling it when it already fires no later than
-        C{deadline} (L{_timedOut} re-arms for what is left).
-        """
-        timer = self._timer
-        if timer is not None and timer.active() and timer.getTime() <= deadline:
-            self._timerKind = kind
-            self._deadline = deadline
-        else:
-            self._arm(deadline - self.clock.seconds(), kind)
-
-    def _cancelTimer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _timedOut(self) -> None:
-        self._timer = None
-        kind = self._timerKind
-        remaining = self._deadline - self.clock.seconds()
-        if remaining > 0.001:
-            self._arm(remaining, kind)
-            return
+    def _timedOut(self, kind: str) -> None:
         if kind == "idle":
             self.state = self.CLOSED
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -836,7 +562,7 @@ class HTTPServerConnection(Protocol):
         elif kind == "body":
             remaining = self._lastActivity + self.settings.bodyTimeout - self.clock.seconds()
             if remaining > 0.001:
-                self._arm(remaining, "body")
+                self._deadline.arm(remaining, "body")
                 return
             self._abortUpstream()
             if self._responseStarted:
@@ -844,9 +570,3 @@ class HTTPServerConnection(Protocol):
             else:
                 self._localReply(408, "request_body_timeout", close=True)
 
-
-def _formatAddress(address: tuple[str, int] | None) -> str | None:
-    if address is None:
-        return None
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from meshproxy.accesslog import responseFlag, startTime
+from meshproxy.accesslog import formatAddress, responseFlag, startTime
 from meshproxy.cluster.cluster import Cluster, ClusterSet, UpstreamHost
 from meshproxy.config import TCPProxyConfig
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
@@ -321,8 +321,8 @@ class TCPProxySession(Protocol):
                     "" if self.closeReason in (None, "closed", "downstream_close", "upstream_close")
                     else str(self.closeReason)
                 ),
-                "downstream_remote_address": _formatAddress(d.clientAddress),
-                "downstream_local_address": _formatAddress(d.localAddress),
+                "downstream_remote_address": formatAddress(d.clientAddress),
+                "downstream_local_address": formatAddress(d.localAddress),
                 "upstream_host": self.host.address if self.host is not None else None,
                 "upstream_cluster": self.cluster.name if self.cluster is not None else None,
                 "listener_name": d.listenerName,
@@ -335,7 +335,7 @@ class TCPProxySession(Protocol):
         accessLog.info(
             "tcp {client} {listener}/{chain} -> {cluster}/{upstreamHost} "
             "in={bytesIn} out={bytesOut} {duration:.3f}s {reason}",
-            client=_formatAddress(d.clientAddress),
+            client=formatAddress(d.clientAddress) or "-",
             listener=d.listenerName,
             chain=d.chainName,
             cluster=self.cluster.name if self.cluster is not None else "-",
@@ -403,9 +403,3 @@ class _UpstreamFactory(ClientFactory):
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.session.upstreamConnectFailed(self.host, reason)
 
-
-def _formatAddress(address: tuple[str, int] | None) -> str:
-    if address is None:
-        return "-"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -24,7 +24,6 @@ from meshproxy.routing.route import (
     Route,
     VirtualHost,
     headerMatches,
-    headerValue,
     pathOf,
 )
 

@@ -1,0 +1,182 @@
+"""
+The response half of the HTTP connection manager: what the upstream connection calls as the
+response arrives (head, body, end, failure, protocol switch), relaying it to the client.
+
+Functions of the connection (its methods: L{meshproxy.proxy.http.HTTPServerConnection} binds them
+as class attributes), kept apart so that each file reads in one sitting.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshproxy.http import EndOfMessage, ResponseHead, chunk, lastChunk, reasonPhrase, responseHasBody
+from meshproxy.http import responseHead as serializeResponseHead
+from meshproxy.proxy.forward import CHUNKED, clientResponseFields
+from meshproxy.proxy.tunnel import startTunnel
+
+if TYPE_CHECKING:
+    from meshproxy.proxy.http import HTTPServerConnection
+
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"])
+
+
+def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
+    """
+    The upstream's response head (or a 1xx before it): forward it to the client.
+    """
+    request = conn.head
+    assert request is not None
+    status = head.status
+    if status == 101 and not conn._awaitingSwitch:
+        # A switch nobody proposed: the upstream must not take over this connection.
+        conn._abortUpstream()
+        conn._localReply(502, "upstream_protocol_error", close=not conn._requestDone)
+        return
+    if status < 200 and status != 101:
+        if request.version != b"1.0" and not (status == 100 and request.expectContinue):
+            conn._write(serializeResponseHead(status, head.reason, clientResponseFields(
+                head, frozenset(), (), {}, None, None)))
+        return
+    if conn._awaitingSwitch and status != 101:
+        # Refused: the request (it has no body) is complete; HTTP/1.1 goes on after it.
+        conn._awaitingSwitch = False
+        conn.parser.resume()
+        if type(conn.parser.nextEvent()) is EndOfMessage:
+            conn._requestDone = True
+    conn._responseStarted = True
+    conn._responseAt = conn._lastActivity = conn.clock.seconds()
+    conn.state = conn.RESPONDING
+    conn._status = status
+    route = conn.route
+    hasBody = responseHasBody(request.method, status) and status != 101
+    conn._responseHasBody = hasBody
+    framing: tuple[bytes, bytes] | None = None
+    if not hasBody:
+        if head.contentLength is not None and status != 101:
+            framing = (b"Content-Length", b"%d" % head.contentLength)
+    elif head.contentLength is not None and not head.chunked:
+        framing = (b"Content-Length", b"%d" % head.contentLength)
+    elif request.version == b"1.1":
+        framing = CHUNKED
+        conn._responseChunked = True
+    else:
+        conn._keepAlive = False  # an HTTP/1.0 client reads to the close
+    if not conn._requestDone or conn.downstream.draining:
+        conn._keepAlive = False
+    if status == 101:
+        connection = None
+    elif not conn._keepAlive:
+        connection = b"close"
+    elif request.version == b"1.0":
+        connection = b"keep-alive"
+    else:
+        connection = None
+    adds = route.responseHeadersToAdd
+    fields = clientResponseFields(
+        head, route.responseHeadersToRemove, adds, conn._variables() if adds else {}, framing, connection,
+        upgrade=status == 101,
+    )
+    headBytes = serializeResponseHead(status, head.reason or reasonPhrase(status), fields)
+    conn.stats.responded(status)
+    if hasBody:
+        # Held back so that it leaves with the first body bytes in one send (a small response
+        # usually arrives whole); L{responseFlush} sends it if the body is slower.
+        conn._pendingHead = headBytes
+    else:
+        conn._write(headBytes)
+    if hasBody:
+        conn.transport.registerProducer(conn.upstream.transport, True)  # type: ignore[union-attr]
+        conn._deadline.expect("body", conn._lastActivity + conn.settings.bodyTimeout)
+
+def responseBody(conn: HTTPServerConnection, data: bytes) -> None:
+    """
+    Response body bytes: straight to the client (re-chunked when the client gets chunked).
+    """
+    conn._lastActivity = conn.clock.seconds()
+    conn._responseBytes += len(data)
+    pending = conn._pendingHead
+    if pending:
+        conn._pendingHead = b""
+        if conn._responseChunked:
+            conn._writeSequence((pending, *chunk(data)))
+        else:
+            conn._writeSequence((pending, data))
+    elif conn._responseChunked:
+        conn._writeSequence(chunk(data))
+    else:
+        conn._write(data)
+
+def responseFlush(conn: HTTPServerConnection) -> None:
+    """
+    The upstream has nothing more for now: send a held-back response head.
+    """
+    pending = conn._pendingHead
+    if pending:
+        conn._pendingHead = b""
+        conn._write(pending)
+
+def responseEnd(conn: HTTPServerConnection, trailers: list[tuple[bytes, bytes]]) -> None:
+    """
+    The response is complete: release the upstream connection and go on with the next request.
+    """
+    pending, conn._pendingHead = conn._pendingHead, b""
+    if conn._responseChunked:
+        conn._write(pending + lastChunk(trailers))
+    elif pending:
+        conn._write(pending)
+    if conn._responseHasBody:
+        conn.transport.unregisterProducer()  # type: ignore[union-attr]
+    upstream, conn.upstream = conn.upstream, None
+    upstream.finished(conn._requestDone)
+    conn._finishExchange()
+
+def upstreamFailed(conn: HTTPServerConnection, reason: str, responseStarted: bool, detail: str) -> None:
+    """
+    The upstream connection broke or sent garbage mid-exchange.
+    """
+    upstream, conn.upstream = conn.upstream, None
+    if conn.state == conn.CLOSED:
+        return
+    conn._failure = reason
+    if responseStarted:
+        conn.log.info(
+            "{listener}: upstream {host} failed mid-response ({reason}: {detail}); aborting client",
+            listener=conn.downstream.listenerName, host=conn.host.address if conn.host else "-",
+            reason=reason, detail=detail,
+        )
+        conn.transport.abortConnection()  # type: ignore[union-attr]
+        return
+    head = conn.head
+    assert head is not None
+    if (
+        reason == "upstream_reset"
+        and conn._reused
+        and head.method in IDEMPOTENT
+        and not conn._requestHasBody
+        and len(conn._tried) <= conn.settings.maxConnectRetries
+    ):
+        # A pooled connection the host had already closed: retry once on a fresh one.
+        conn.stats.retries.inc()
+        conn._tried.pop()
+        conn._reused = False
+        assert conn.host is not None
+        conn.filter.pools.get(conn.cluster).acquire(conn.host, conn, True)
+        return
+    if upstream is not None and conn._requestHasBody and not conn._requestDone:
+        upstream.transport.unregisterProducer()
+    conn._localReply(502, reason, close=not conn._requestDone)
+
+def upstreamUpgraded(conn: HTTPServerConnection, leftover: bytes) -> None:
+    """
+    The upstream agreed to switch protocols (101, already forwarded): relay raw bytes.
+    """
+    upstream, conn.upstream = conn.upstream, None
+    conn.state = conn.TUNNEL
+    conn._deadline.cancel()
+    clientBytes = conn.parser.switchedProtocols() if conn._awaitingSwitch else b""
+    conn.stats.active.value -= 1
+    if conn.downstream.accessLog:
+        conn._logAccess()
+    conn.head = None
+    startTunnel(conn, upstream, clientBytes, leftover)
