@@ -80,6 +80,7 @@ def httpSettings(config: HTTPProxyConfig) -> HTTPSettings:
         bodyTimeout=config.streamIdleTimeout,
         maxRequestsPerConnection=config.maxRequestsPerConnection,
         maxRequestBodyBytes=extend.maxRequestBodySize,
+        tunnelIdleTimeout=config.tunnelIdleTimeout,
     )
 
 

@@ -141,3 +141,5 @@ class HTTPSettingsTests(SynchronousTestCase):
              custom.maxRequestBodyBytes),
             (2.0, 5.0, 7.0, 3, 20, 1024, 4096, 100),
         )
+        self.assertEqual(defaults.tunnelIdleTimeout, 3600.0)
+        self.assertIsNone(httpSettings(proxyConfig({"tunnel_idle_timeout": "0s"})).tunnelIdleTimeout)  # type: ignore[arg-type]

@@ -248,3 +248,50 @@ class UpgradeTests(ProxyHarness, SynchronousTestCase):
                        + b"x")
         _, upT = self.connectUpstream()
         self.assertEqual(upT.value(), forwarded(b"POST", framing=b"Content-Length: 1\r\n") + b"x")
+
+
+class TunnelIdleTests(SynchronousTestCase):
+    """
+    The idle timeout of an upgraded connection.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from meshproxy.proxy.tunnel import TunnelIdle, TunnelSide
+        from meshproxy.stats import Counter
+        from tests.support import HalfCloseTransport
+
+        self.clock = Clock()
+        self.idle = TunnelIdle(self.clock, 40.0)
+        counters = [Counter() for _ in range(4)]
+        self.lost: list[object] = []
+        self.down = TunnelSide(self.lost.append, counters[0], counters[1], self.idle)
+        self.up = TunnelSide(self.lost.append, counters[2], counters[3], self.idle)
+        self.down.peer, self.up.peer = self.up, self.down
+        self.idle.sides = (self.down, self.up)
+        self.downT, self.upT = HalfCloseTransport(), HalfCloseTransport()
+        self.down.makeConnection(self.downT)
+        self.up.makeConnection(self.upT)
+
+    def test_idleCloses(self) -> None:
+        """
+        With no byte either way the tunnel closes between 1 and 1.25 times the timeout.
+        """
+        self.clock.advance(30)
+        self.assertFalse(self.downT.disconnecting)
+        self.clock.advance(10)
+        self.clock.advance(10)
+        self.assertTrue(self.downT.disconnecting and self.upT.disconnecting)
+
+    def test_trafficKeepsOpen(self) -> None:
+        """
+        Bytes in either direction restart the idle period; the timer stops when a side is lost.
+        """
+        for _ in range(10):
+            self.clock.advance(20)
+            self.up.dataReceived(b"ping")
+        self.assertFalse(self.downT.disconnecting)
+        self.assertEqual(self.downT.value(), b"ping" * 10)
+        self.down.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -73,6 +73,7 @@ PROXY_KEYS = KeySpec(
         "max_requests_per_connection",
         "max_headers",
         "max_uri_size",
+        "tunnel_idle_timeout",
     ),
     unsupported={
         "router_handler_name": tolerateValues(""),
@@ -258,6 +259,7 @@ def _httpProxy(fields: Fields, context: ChainContext) -> HTTPProxyConfig:
         maxRequestsPerConnection=fields.integer("max_requests_per_connection", 1000, 1, 1 << 31),
         maxHeaders=fields.integer("max_headers", 100, 1, 10000),
         maxURISize=fields.integer("max_uri_size", 8192, 64, 1 << 20),
+        tunnelIdleTimeout=fields.duration("tunnel_idle_timeout", 3600.0, zeroIsNone=True),
     )
 
 

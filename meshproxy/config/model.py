@@ -188,6 +188,7 @@ class HTTPProxyConfig:
     maxRequestsPerConnection: int = 1000
     maxHeaders: int = 100
     maxURISize: int = 8192
+    tunnelIdleTimeout: float | None = 3600.0
 
 
 NetworkFilterConfig = Union[TCPProxyConfig, HTTPProxyConfig]

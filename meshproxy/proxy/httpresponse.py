@@ -179,4 +179,4 @@ def upstreamUpgraded(conn: HTTPServerConnection, leftover: bytes) -> None:
     if conn.downstream.accessLog:
         conn._logAccess()
     conn.head = None
-    startTunnel(conn, upstream, clientBytes, leftover)
+    startTunnel(conn, upstream, clientBytes, leftover, conn.clock, conn.settings.tunnelIdleTimeout)

@@ -23,6 +23,7 @@ class HTTPSettings:
         maxRequestBodyBytes: int = 0,
         bufferLimit: int = 65536,
         maxConnectRetries: int = 2,
+        tunnelIdleTimeout: float | None = 3600.0,
     ) -> None:
         self.limits = limits
         self.headerTimeout = headerTimeout
@@ -32,6 +33,7 @@ class HTTPSettings:
         self.maxRequestBodyBytes = maxRequestBodyBytes
         self.bufferLimit = bufferLimit
         self.maxConnectRetries = maxConnectRetries
+        self.tunnelIdleTimeout = tunnelIdleTimeout
 
 
 class HTTPStats:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -22,8 +22,9 @@ class TunnelSide(Protocol):
     One side of an upgraded connection: what it receives goes to the peer's transport.
     """
 
-    def __init__(self, onLost: Any, received: Any, sentByPeer: Any) -> None:
+    def __init__(self, onLost: Any, received: Any, sentByPeer: Any, idle: TunnelIdle | None = None) -> None:
         self.peer: TunnelSide | None = None
+        self.idle = idle
         self._received = received
         self._sentByPeer = sentByPeer
         self._onLost = onLost
@@ -32,6 +33,8 @@ class TunnelSide(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         size = len(data)
+        if self.idle is not None:
+            self.idle.moved += size
         self._received.value += size
         self._sentByPeer.value += size
         self.peer.transport.write(data)  # type: ignore[union-attr]
@@ -57,6 +60,8 @@ class TunnelSide(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
+        if self.idle is not None:
+            self.idle.stop()
         assert self.peer is not None
         if not self.peer.closed:
             self.peer.transport.loseConnection()  # type: ignore[union-attr]
@@ -65,15 +70,63 @@ class TunnelSide(Protocol):
             onLost(reason)
 
 
-def startTunnel(server: Any, upstream: Any, clientBytes: bytes, upstreamBytes: bytes) -> None:
+class TunnelIdle:
+    """
+    Closes a tunnel in which no byte moved for C{timeout} seconds.
+
+    The sides only add to L{moved}; a check every quarter of the timeout notes when it last
+    changed, so an idle tunnel closes between 1 and 1.25 times the timeout after its last byte,
+    without a clock read per chunk.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self.moved = 0
+        self._clock = clock
+        self._timeout = timeout
+        self._seen = 0
+        self._changedAt = clock.seconds()
+        self._call: IDelayedCall | None = clock.callLater(timeout / 4, self._check)
+        self.sides: tuple[TunnelSide, ...] = ()
+
+    def _check(self) -> None:
+        now = self._clock.seconds()
+        if self.moved != self._seen:
+            self._seen = self.moved
+            self._changedAt = now
+        elif now - self._changedAt >= self._timeout:
+            self._call = None
+            for side in self.sides:
+                if not side.closed:
+                    side.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._call = self._clock.callLater(self._timeout / 4, self._check)
+
+    def stop(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+def startTunnel(
+    server: Any,
+    upstream: Any,
+    clientBytes: bytes,
+    upstreamBytes: bytes,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> None:
     """
     Turn the client connection of C{server} (an L{HTTPServerConnection}) and C{upstream} (an
-    L{UpstreamConnection}) into a raw relay, first delivering bytes each parser already held.
+    L{UpstreamConnection}) into a raw relay, first delivering bytes each parser already held; with
+    C{clock} and C{idleTimeout}, the relay closes after that long without a byte either way.
     """
     listener, cluster = server.downstream, upstream.cluster
+    idle = TunnelIdle(clock, idleTimeout) if clock is not None and idleTimeout else None
     # Bytes the client sends are received on the listener and sent to the cluster, and back.
-    down = TunnelSide(lambda reason: server.downstream.closed(), listener.bytesReceived, cluster.bytesSent)
-    up = TunnelSide(upstream.connectionLost, cluster.bytesReceived, listener.bytesSent)
+    down = TunnelSide(lambda reason: server.downstream.closed(), listener.bytesReceived, cluster.bytesSent, idle)
+    up = TunnelSide(upstream.connectionLost, cluster.bytesReceived, listener.bytesSent, idle)
+    if idle is not None:
+        idle.sides = (down, up)
     down.peer, up.peer = up, down
     downTransport, upTransport = server.transport, upstream.transport
     switchProtocol(downTransport, server, down)
