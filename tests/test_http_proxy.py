@@ -352,6 +352,25 @@ class FramingTests(ProxyHarness, SynchronousTestCase):
         upT.deliver(b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 1\r\n\r\nx")
         self.assertEqual(client.value(), b"HTTP/1.1 200 OK\r\nX-Served: mp\r\nContent-Length: 1\r\n\r\nx")
 
+    def test_autoHostRewrite(self) -> None:
+        """
+        auto_host_rewrite sets Host to the chosen upstream: its hostname when configured, else its
+        address; X-Forwarded-Host keeps what the client asked for.
+        """
+        clusters = [{"name": "backend", "type": "SIMPLE", "lb_type": "LB_ROUNDROBIN", "hosts": [
+            {"address": "127.0.0.1:9001", "hostname": "api.internal"}, {"address": "127.0.0.1:9002"}]}]
+        route = {"cluster_name": "backend", "auto_host_rewrite": True}
+        self.setUpProxy([{"match": {"prefix": "/"}, "route": route}], clusters=clusters)
+        sent = []
+        for index in range(2):
+            _, client = self.connectClient()
+            client.deliver(request(target=b"/a"))
+            _, upT = self.connectUpstream()
+            sent.append(upT.value())
+        self.assertIn(b"\r\nHost: api.internal\r\n", sent[0])
+        self.assertIn(b"\r\nHost: 127.0.0.1:9002\r\n", sent[1])
+        self.assertIn(b"\r\nX-Forwarded-Host: a\r\n", sent[1])
+
 
 class ContinueTests(ProxyHarness, SynchronousTestCase):
     """

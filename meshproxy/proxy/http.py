@@ -402,7 +402,13 @@ class HTTPServerConnection(Protocol):
         self.upstream = upstream
         self._reused = reused
         head = self.head
-        upstream.send(self, head.method, requestHead(head.method, self._upstreamTarget, self._upstreamFields))
+        fields = self._upstreamFields
+        if self.route.autoHostRewrite:
+            # Host names the chosen upstream (its configured hostname, else its address).
+            config = upstream.host.config
+            hostValue = (config.hostname or config.address).encode("idna" if config.hostname else "ascii")
+            fields = [(b"Host", hostValue) if n == b"Host" else (n, v) for n, v in fields]
+        upstream.send(self, head.method, requestHead(head.method, self._upstreamTarget, fields))
         queued, self._queued = self._queued, []
         self._queuedBytes = 0
         for data in queued:
