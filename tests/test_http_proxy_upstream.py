@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.error import TimeoutError
+from twisted.internet.error import ConnectionLost, TimeoutError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.proxyharness import OK, ONE_HOST, ProxyHarness, errorReply, forwarded, oneHost, request
@@ -329,3 +330,83 @@ class PoolReleaseTests(ProxyHarness, SynchronousTestCase):
         upstream, upT = self.connectUpstream()
         self.assertEqual(upT.value(), b"")
         self.assertEqual(self.pool().idle[upstream.host], [upstream])
+
+
+class RetryPolicyTests(ProxyHarness, SynchronousTestCase):
+    """
+    The route's retry_policy (MOSN's retry_on, retry_timeout, num_retries, status_codes).
+    """
+
+    def setUpPolicy(self, **policy: object) -> None:
+        route = {"cluster_name": "backend", "timeout": "10s",
+                 "retry_policy": dict({"retry_on": True, "num_retries": 2}, **policy)}
+        self.setUpProxy([{"match": {"prefix": "/"}, "route": route}])
+
+    def test_statusCodeRetriedOnOtherHost(self) -> None:
+        """
+        A listed status is dropped and the request sent again to the other host; that answer
+        reaches the client, and the retry is counted.
+        """
+        self.setUpPolicy(status_codes=[503])
+        _, client = self.connectClient()
+        client.deliver(request())
+        _, first = self.connectUpstream(0)
+        first.deliver(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(first.aborted)
+        self.assertEqual(self.reactor.tcpClients[1][:2], ("127.0.0.1", 9002))
+        _, second = self.connectUpstream(1)
+        second.deliver(OK)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(self.counter("http_upstream_rq_retry_total", listener="l1"), 1)
+
+    def test_retriesExhausted(self) -> None:
+        """
+        When every retry got a listed status, the last answer is forwarded as it is.
+        """
+        self.setUpPolicy(status_codes=[503], num_retries=1)
+        _, client = self.connectClient()
+        client.deliver(request())
+        for index in range(2):
+            _, upT = self.connectUpstream(index)
+            upT.deliver(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 503 Service Unavailable"))
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_perTryTimeout(self) -> None:
+        """
+        retry_timeout bounds each try; a try that times out is retried instead of answered 504.
+        """
+        self.setUpPolicy(retry_timeout="1s")
+        _, client = self.connectClient()
+        client.deliver(request())
+        _, first = self.connectUpstream(0)
+        self.reactor.advance(1.0)
+        self.assertTrue(first.aborted)
+        _, second = self.connectUpstream(1)
+        second.deliver(OK)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_resetRetried(self) -> None:
+        """
+        A fresh connection reset before any response byte is retried under the policy.
+        """
+        self.setUpPolicy()
+        _, client = self.connectClient()
+        client.deliver(request())
+        upstream, first = self.connectUpstream(0)
+        upstream.connectionLost(Failure(ConnectionLost()))
+        _, second = self.connectUpstream(1)
+        second.deliver(OK)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_postNotRetried(self) -> None:
+        """
+        A request with a body is never sent twice: the listed status is forwarded.
+        """
+        self.setUpPolicy(status_codes=[503])
+        _, client = self.connectClient()
+        client.deliver(request(b"POST", fields=b"Content-Length: 2\r\n") + b"hi")
+        _, first = self.connectUpstream(0)
+        first.deliver(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 503"))

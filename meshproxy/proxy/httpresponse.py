@@ -33,6 +33,12 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         conn._abortUpstream()
         conn._localReply(502, "upstream_protocol_error", close=not conn._requestDone)
         return
+    policy = conn.route.retryPolicy
+    if policy is not None and status in policy.statusCodes and conn.retryAllowed():
+        # A status the route retries: drop this answer and its connection, try again.
+        conn._abortUpstream()
+        conn.retry("upstream_status_%d" % status)
+        return
     if status < 200 and status != 101:
         if request.version != b"1.0" and not (status == 100 and request.expectContinue):
             conn._write(serializeResponseHead(status, head.reason, clientResponseFields(
@@ -162,6 +168,9 @@ def upstreamFailed(conn: HTTPServerConnection, reason: str, responseStarted: boo
         conn._reused = False
         assert conn.host is not None
         conn.filter.pools.get(conn.cluster).acquire(conn.host, conn, True)
+        return
+    if conn.retryAllowed():
+        conn.retry(reason)
         return
     if upstream is not None and conn._requestHasBody and not conn._requestDone:
         upstream.transport.unregisterProducer()
