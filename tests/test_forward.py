@@ -255,7 +255,8 @@ class RequestIdsTests(SynchronousTestCase):
 
     def test_fixedBits(self) -> None:
         """
-        The version and variant bits are forced whatever the random source gives.
+        The version and variant bits are forced whatever the random source gives; the last group
+        counts up from a random start.
         """
 
         class Extreme(random.Random):
@@ -266,8 +267,10 @@ class RequestIdsTests(SynchronousTestCase):
             def getrandbits(self, bits: int) -> int:
                 return self.value
 
-        self.assertEqual(RequestIds(Extreme(0)).new(), b"00000000-0000-4000-8000-000000000000")
-        self.assertEqual(RequestIds(Extreme(2**128 - 1)).new(), b"ffffffff-ffff-4fff-bfff-ffffffffffff")
+        zeros = RequestIds(Extreme(0))
+        self.assertEqual(zeros.new(), b"00000000-0000-4000-8000-000000000001")
+        self.assertEqual(zeros.new(), b"00000000-0000-4000-8000-000000000002")
+        self.assertEqual(RequestIds(Extreme(2**128 - 1)).new(), b"ffffffff-ffff-4fff-bfff-800000000000")
 
     def test_seeded(self) -> None:
         """

@@ -20,12 +20,15 @@ class RoundRobin:
     """
     Smooth weighted round robin (the algorithm nginx uses): over any window of C{sum(weights)}
     picks, each host is chosen C{weight} times, interleaved rather than in bursts.  With equal
-    weights it is a plain rotation.
+    weights it is a plain rotation.  Whether the weights are equal is checked once per host list
+    (by identity and length): a host's weight is fixed for the life of its list.
     """
 
     def __init__(self) -> None:
         self._current: dict[int, int] = {}
         self._next = 0
+        self._checked: tuple[int, int] = (0, -1)  # (id, length) of the host list last checked
+        self._equal = True
 
     def pick(self, hosts: Sequence[_Host], exclude: Collection[object] = ()) -> _Host | None:
         """
@@ -34,8 +37,11 @@ class RoundRobin:
         count = len(hosts)
         if count == 0:
             return None
-        first = hosts[0].weight
-        if all(h.weight == first for h in hosts):
+        if self._checked != (id(hosts), count):
+            first = hosts[0].weight
+            self._equal = all(h.weight == first for h in hosts)
+            self._checked = (id(hosts), count)
+        if self._equal:
             for step in range(count):
                 index = (self._next + step) % count
                 host = hosts[index]

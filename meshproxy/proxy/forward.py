@@ -25,6 +25,7 @@ _REQUEST_OWNED = frozenset(
      b"via", b"x-request-id"]
 )
 _RESPONSE_OWNED = frozenset([b"content-length"])
+_RESPONSE_DROP = hopByHopNames(frozenset()) | _RESPONSE_OWNED
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}\Z")
 VIA = b"1.1 meshproxy"
 CHUNKED = (b"Transfer-Encoding", b"chunked")
@@ -32,20 +33,24 @@ CHUNKED = (b"Transfer-Encoding", b"chunked")
 
 class RequestIds:
     """
-    Random UUID-formatted request ids (version 4 layout).  They need to be unique, not
-    unpredictable, so a Mersenne Twister seeded from the OS is enough and much cheaper than
-    reading the OS source per request.
+    UUID-formatted request ids (version 4 layout): 74 random bits chosen once per generator,
+    then a 48-bit counter in the last group.  Request ids need to be unique, not unpredictable;
+    this makes one with a single format operation instead of drawing 128 random bits each time.
     """
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._bits = (rng or random.Random(os.urandom(32))).getrandbits
+        bits = (rng or random.Random(os.urandom(32))).getrandbits
+        self._prefix = b"%08x-%04x-4%03x-%04x-" % (
+            bits(32) & 0xFFFFFFFF, bits(16) & 0xFFFF, bits(12) & 0xFFF, 0x8000 | (bits(14) & 0x3FFF)
+        )
+        self._counter = bits(47) & 0x7FFFFFFFFFFF
 
     def new(self) -> bytes:
         """
         A fresh request id.
         """
-        h = b"%032x" % ((self._bits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
-        return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+        self._counter = counter = (self._counter + 1) & 0xFFFFFFFFFFFF
+        return b"%s%012x" % (self._prefix, counter)
 
 
 def clientRequestId(head: RequestHead) -> bytes | None:
@@ -154,7 +159,9 @@ def clientResponseFields(
     The header fields of the response to the client: upstream fields minus hop-by-hop ones and
     the route's removals, plus the route's additions, the framing field and C{Connection}.
     """
-    drop = hopByHopNames(head.connectionTokens) | _RESPONSE_OWNED
+    drop = _RESPONSE_DROP
+    if head.connectionTokens:
+        drop = drop | head.connectionTokens
     if removals:
         drop = drop | removals
     out: Fields = [(n, v) for n, v in head.headers if n.lower() not in drop]

@@ -53,8 +53,11 @@ class HTTPStats:
             for n in range(1, 6)
         ]
 
+        # Indexed by status (100..599 after parsing) so the per-response update is one lookup.
+        self._byStatus = [self._byClass[min(max(code // 100, 1), 5) - 1] for code in range(600)]
+
     def responded(self, status: int) -> None:
-        self._byClass[min(max(status // 100, 1), 5) - 1].value += 1
+        self._byStatus[status].value += 1
 
     def localReply(self, reason: str) -> None:
         self._stats.counter(
