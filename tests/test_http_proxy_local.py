@@ -339,3 +339,58 @@ class BookkeepingTests(ProxyHarness, SynchronousTestCase):
              self.counter("upstream_cx_rx_bytes_total", cluster="backend")],
             [len(sent) + 17, len(client.value()), len(upT.value()), len(answer)],
         )
+
+
+class HalfCloseTests(ProxyHarness, SynchronousTestCase):
+    """
+    Clients that send FIN right after their requests (netcat, some HTTP/1.0 clients).
+    """
+
+    def setUp(self) -> None:
+        self.setUpProxy(clusters=ONE_HOST)
+
+    def test_answeredThenClosed(self) -> None:
+        """
+        A request followed by FIN is still forwarded and answered; then the connection closes.
+        """
+        connection, client = self.connectClient()
+        client.deliver(request())
+        client.deliverEOF()
+        self.assertFalse(client.disconnecting)
+        _, upT = self.connectUpstream()
+        upT.deliver(OK)
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(client.disconnecting)
+
+    def test_pipelinedBeforeFIN(self) -> None:
+        """
+        Every request buffered before the FIN is answered, in order.
+        """
+        connection, client = self.connectClient()
+        client.deliver(request(target=b"/1") + request(target=b"/2"))
+        client.deliverEOF()
+        _, upT = self.connectUpstream()
+        upT.deliver(OK)
+        self.assertFalse(client.disconnecting)
+        upT.deliver(OK)
+        self.assertEqual(client.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertTrue(client.disconnecting)
+
+    def test_idleFIN(self) -> None:
+        """
+        A FIN between requests closes the connection.
+        """
+        connection, client = self.connectClient()
+        client.deliverEOF()
+        self.assertTrue(client.disconnecting)
+
+    def test_truncatedHead(self) -> None:
+        """
+        A FIN in the middle of a head is a malformed request: 400, closed, nothing dialled.
+        """
+        connection, client = self.connectClient()
+        client.deliver(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        client.deliverEOF()
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 400"))
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -96,6 +96,7 @@ class HTTPProxyFilter:
         return HTTPServerConnection(self, downstream)
 
 
+@implementer(IHalfCloseableProtocol)
 class HTTPServerConnection(Protocol):
     """
     One client connection: at most one exchange (request and its response) at a time.
@@ -124,6 +125,7 @@ class HTTPServerConnection(Protocol):
         self._deadline = Deadline(filter.clock, self._timedOut)
         self._readPaused = False
         self._pumping = False
+        self._clientEOF = False
         client = downstream.clientAddress
         self._clientIP = client[0].encode() if client is not None else b"unix"
         self._rx = downstream.bytesReceived
@@ -208,7 +210,17 @@ class HTTPServerConnection(Protocol):
 
     def readConnectionLost(self) -> None:
         """
-        Not half-closeable: a client FIN ends the connection (its pending response is dropped).
+        The client half-closed (sent FIN after its request, as netcat and some HTTP/1.0 clients
+        do): answer what it sent, buffered pipelined requests included, then close.
+        """
+        self._clientEOF = True
+        self.parser.feedEOF()
+        if self.state in (self.IDLE, self.HEAD):
+            self._pump()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Not used: meshproxy closes the whole connection.
         """
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -585,7 +597,7 @@ class HTTPServerConnection(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.state = self.IDLE
-        if self.parser.bufferedBytes:
+        if self.parser.bufferedBytes or self._clientEOF:
             self.state = self.HEAD
             self._deadline.arm(self.settings.headerTimeout, "header")
             self._pump()

@@ -407,6 +407,20 @@ class KeepAliveTests(ProxyTestCase):
         self.assertEqual(response.body[:100], body[:100])
         self.assertEqual(response.bodyLength, len(body))
 
+    def test_clientHalfClosesAfterRequests(self) -> None:
+        """
+        A client that sends two pipelined requests and then FIN (as netcat does) gets both
+        answers, then the close.
+        """
+        backend = self.backend()
+        self.proxy({"backend": [backend.address]})
+        sock, wire = self.rawConnection()
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        self.assertEqual([readResponse(wire).status for _ in range(2)], [200, 200])
+        self.assertEqual(sock.recv(10), b"")
+        self.assertEqual([r.target for r in backend.requests], ["/a", "/b"])
+
     def test_http10KeepAlive(self) -> None:
         """
         An HTTP/1.0 client asking for keep-alive gets C{Connection: keep-alive} and can send a
