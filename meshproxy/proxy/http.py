@@ -40,7 +40,6 @@ from meshproxy.http import (
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.proxy.deadline import Deadline
 from meshproxy.proxy import httpresponse
-from meshproxy.proxy.httpresponse import IDEMPOTENT
 from meshproxy.proxy.directwrite import directWriters
 from meshproxy.proxy.httpsettings import HTTPSettings, HTTPStats
 from meshproxy.proxy.forward import (
@@ -183,6 +182,9 @@ class HTTPServerConnection(Protocol):
     responseEnd = httpresponse.responseEnd
     upstreamFailed = httpresponse.upstreamFailed
     upstreamUpgraded = httpresponse.upstreamUpgraded
+    tryTimeout = httpresponse.tryTimeout
+    retryAllowed = httpresponse.retryAllowed
+    retry = httpresponse.retry
 
     def _drainStarted(self) -> None:
         """
@@ -392,46 +394,6 @@ class HTTPServerConnection(Protocol):
 
     # -- upstream -----------------------------------------------------------------------------------
 
-    def _tryTimeout(self) -> float:
-        """
-        How long one try waits for its response head: the retry policy's C{retry_timeout} when
-        set, else the route C{timeout}.
-        """
-        policy = self.route.retryPolicy
-        if policy is not None and policy.retryOn and policy.retryTimeout:
-            return float(policy.retryTimeout)
-        return float(self.route.timeout)
-
-    def retryAllowed(self) -> bool:
-        """
-        Whether the route's C{retry_policy} allows sending this request again now: retries left,
-        and the request idempotent, without a body, and not yet answered.
-        """
-        policy = self.route.retryPolicy if self.route is not None else None
-        head = self.head
-        return (
-            policy is not None
-            and policy.retryOn
-            and self._retries < policy.numRetries
-            and head is not None
-            and head.method in IDEMPOTENT
-            and not self._requestHasBody
-            and not self._responseStarted
-        )
-
-    def retry(self, reason: str) -> None:
-        """
-        Send the request again, to a host not tried yet when there is one.
-        """
-        self._retries += 1
-        self._lastFailure = reason
-        self.stats.retries.inc()
-        self.upstream = None
-        self.state = self.UPSTREAM
-        if all(host in self._tried for host in self.cluster.hosts):
-            self._tried = []
-        self._dispatch()
-
     def _dispatch(self, fresh: bool = False) -> None:
         cluster = self.cluster
         host = cluster.chooseHost(exclude=self._tried)
@@ -470,7 +432,7 @@ class HTTPServerConnection(Protocol):
         if self._requestDone:
             if self._requestHasBody:
                 self._sendEnd(self._queuedTrailers)
-            self._deadline.arm(self._tryTimeout(), "response")
+            self._deadline.arm(self.tryTimeout(), "response")
         else:
             if self._requestHasBody:
                 upstream.transport.registerProducer(self.transport, True)
@@ -531,7 +493,7 @@ class HTTPServerConnection(Protocol):
             if not self._readPaused:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
         if not self._responseStarted:
-            self._deadline.arm(self._tryTimeout(), "response")
+            self._deadline.arm(self.tryTimeout(), "response")
 
     def _logAccess(self) -> None:
         head = self.head

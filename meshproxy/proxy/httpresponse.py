@@ -189,3 +189,44 @@ def upstreamUpgraded(conn: HTTPServerConnection, leftover: bytes) -> None:
         conn._logAccess()
     conn.head = None
     startTunnel(conn, upstream, clientBytes, leftover, conn.clock, conn.settings.tunnelIdleTimeout)
+
+
+def tryTimeout(conn: HTTPServerConnection) -> float:
+    """
+    How long one try waits for its response head: the retry policy's C{retry_timeout} when
+    set, else the route C{timeout}.
+    """
+    policy = conn.route.retryPolicy
+    if policy is not None and policy.retryOn and policy.retryTimeout:
+        return float(policy.retryTimeout)
+    return float(conn.route.timeout)
+
+def retryAllowed(conn: HTTPServerConnection) -> bool:
+    """
+    Whether the route's C{retry_policy} allows sending this request again now: retries left,
+    and the request idempotent, without a body, and not yet answered.
+    """
+    policy = conn.route.retryPolicy if conn.route is not None else None
+    head = conn.head
+    return (
+        policy is not None
+        and policy.retryOn
+        and conn._retries < policy.numRetries
+        and head is not None
+        and head.method in IDEMPOTENT
+        and not conn._requestHasBody
+        and not conn._responseStarted
+    )
+
+def retry(conn: HTTPServerConnection, reason: str) -> None:
+    """
+    Send the request again, to a host not tried yet when there is one.
+    """
+    conn._retries += 1
+    conn._lastFailure = reason
+    conn.stats.retries.inc()
+    conn.upstream = None
+    conn.state = conn.UPSTREAM
+    if all(host in conn._tried for host in conn.cluster.hosts):
+        conn._tried = []
+    conn._dispatch()
