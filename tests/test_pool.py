@@ -266,6 +266,20 @@ class LimitTests(PoolTestMixin, SynchronousTestCase):
         self.assertEqual(self.counter("upstream_rq_pending_timeout_total"), 1)
         self.assertEqual(len(self.pool.waiters), 0)
 
+    def test_configuredQueueTimeout(self) -> None:
+        """
+        The cluster's queue_timeout replaces the 5 s default.
+        """
+        self.setUpPool(circuit_breakers=[{"max_connections": 1}], queue_timeout="2s")
+        self.pool.acquire(self.a, self.requester("first"))
+        self.opened()
+        del self.log[:]
+        self.pool.acquire(self.a, self.requester("w1"))
+        self.clock.advance(1.9)
+        self.assertEqual(self.log, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.log, [("w1", "failed", (self.a, "upstream_queue_timeout"))])
+
     def test_cancel(self) -> None:
         """
         A cancelled waiter is forgotten: its timer stops and the connection goes to the pool.

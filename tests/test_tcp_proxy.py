@@ -236,6 +236,19 @@ class IdleTimeoutTests(RelayTestMixin, SynchronousTestCase):
         self.reactor.advance(1)
         self.assertTrue(self.client.aborted and upT.aborted)
 
+    def test_configuredDelayedClose(self) -> None:
+        """
+        delayed_close_timeout sets how long the graceful close may take before the abort.
+        """
+        self.setUpRelay(idle_timeout=10_000_000_000, delayed_close_timeout="3s")
+        upstream, upT = self.connectUpstream()
+        self.reactor.advance(10)
+        self.assertTrue(self.client.disconnecting)
+        self.reactor.advance(2.9)
+        self.assertFalse(self.client.aborted)
+        self.reactor.advance(0.1)
+        self.assertTrue(self.client.aborted and upT.aborted)
+
     def test_gracefulIdleCloseCancelsAbort(self) -> None:
         """
         When both sides close within the grace period nothing is aborted and no timer is left.

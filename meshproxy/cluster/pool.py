@@ -22,7 +22,6 @@ from meshproxy.cluster.cluster import Cluster, UpstreamHost
 from meshproxy.stats import StatsStore
 
 DEFAULT_POOL_IDLE_TIMEOUT = 30.0
-QUEUE_TIMEOUT = 5.0
 
 
 class PooledConnection(Protocol):
@@ -85,6 +84,7 @@ class ClusterPool:
         self.maxPending = breakers.maxPendingRequests
         self.maxRequestsPerConnection = cluster.config.maxRequestPerConn
         self.idleTimeout = cluster.config.idleTimeout or DEFAULT_POOL_IDLE_TIMEOUT
+        self.queueTimeout = cluster.config.queueTimeout
         self.idle: dict[UpstreamHost, list[Any]] = {h: [] for h in cluster.hosts}
         self.open = 0  # connected (idle or busy) plus connecting
         self.waiters: deque[_Waiter] = deque()
@@ -139,7 +139,7 @@ class ClusterPool:
             requester.connectionFailed(host, "upstream_overflow")
             return
         waiter = _Waiter(requester, host)
-        waiter.timer = self.clock.callLater(QUEUE_TIMEOUT, self._waitTimedOut, waiter)
+        waiter.timer = self.clock.callLater(self.queueTimeout, self._waitTimedOut, waiter)
         self.waiters.append(waiter)
 
     def _dial(self, host: UpstreamHost, requester: Requester) -> None:

@@ -82,6 +82,8 @@ CLUSTER_KEYS = KeySpec(
         "max_request_per_conn",
         "idle_timeout",
         "circuit_breakers",
+        # meshproxy extension (HAProxy's name): how long a request may wait for a pooled connection
+        "queue_timeout",
     ),
     unsupported={
         "health_check": tolerateEmpty(),
@@ -162,6 +164,7 @@ def _cluster(fields: Fields) -> ClusterConfig:
         maxRequestPerConn=fields.integer("max_request_per_conn", DEFAULT_MAX_REQUEST_PER_CONN, 1, UINT32_MAX),
         idleTimeout=idleTimeout,
         circuitBreakers=_circuitBreakers(fields),
+        queueTimeout=fields.duration("queue_timeout", 5.0, positive=True) or 5.0,
     )
 
 

@@ -52,7 +52,9 @@ UNSUPPORTED_PROTOCOLS = ("Http2", "bolt", "boltv2", "dubbo", "dubbo-thrift", "ta
 UPSTREAM_PROTOCOLS = ("Http1", "Auto", "")
 
 NETWORK_FILTER_KEYS = KeySpec(known=("type", "config"), unsupported={"go_plugin_config": tolerateEmpty()})
-TCP_PROXY_KEYS = KeySpec(known=("stat_prefix", "cluster", "routes", "idle_timeout", "max_connect_attempts"))
+TCP_PROXY_KEYS = KeySpec(
+    known=("stat_prefix", "cluster", "routes", "idle_timeout", "max_connect_attempts", "delayed_close_timeout")
+)
 #: MOSN's route struct has no JSON tags, so its keys are the Go field names (matched case-insensitively).
 TCP_ROUTE_KEYS = KeySpec(
     known=("cluster", "SourceAddrs", "DestinationAddrs", "SourcePort", "DestinationPort")
@@ -192,6 +194,7 @@ def _tcpProxy(fields: Fields, context: ChainContext) -> TCPProxyConfig:
         routes=routes,
         idleTimeout=idleTimeout,
         maxConnectAttempts=fields.integer("max_connect_attempts", 3, 1, 10),
+        delayedCloseTimeout=fields.duration("delayed_close_timeout", 1.0, positive=True) or 1.0,
     )
 
 

@@ -147,6 +147,8 @@ class TCPProxyConfig:
     routes: tuple[TCPRouteConfig, ...] = ()
     idleTimeout: float | None = DEFAULT_TCP_IDLE_TIMEOUT
     maxConnectAttempts: int = 3
+    #: meshproxy extension (Envoy's name): seconds a graceful close may take before an abort.
+    delayedCloseTimeout: float = 1.0
 
 
 @attrs.frozen
@@ -311,6 +313,8 @@ class ClusterConfig:
     maxRequestPerConn: int = DEFAULT_MAX_REQUEST_PER_CONN
     idleTimeout: float | None = None
     circuitBreakers: CircuitBreakersConfig = CircuitBreakersConfig()
+    #: meshproxy extension: seconds a request may wait for a pooled connection (then 503).
+    queueTimeout: float = 5.0
 
 
 @attrs.frozen

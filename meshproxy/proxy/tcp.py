@@ -27,9 +27,6 @@ from meshproxy.stats import StatsStore
 
 accessLog = Logger(namespace="meshproxy.access")
 
-# How long a graceful close (FIN after flushing) may take before the connection is aborted (Envoy's
-# delayed_close_timeout).
-DELAYED_CLOSE_TIMEOUT = 1.0
 
 
 def _noDelay(transport: Any) -> None:
@@ -292,10 +289,12 @@ class TCPProxySession(Protocol):
     def _armCloseTimer(self) -> None:
         """
         A graceful close flushes first; a peer that never reads would keep it open for ever, so
-        abort whatever is still open after L{DELAYED_CLOSE_TIMEOUT}.
+        abort whatever is still open after the filter's C{delayed_close_timeout} (default 1 s).
         """
         if self._closeTimer is None:
-            self._closeTimer = self._clock.callLater(DELAYED_CLOSE_TIMEOUT, self._closeTimedOut)
+            self._closeTimer = self._clock.callLater(
+                self.filter.config.delayedCloseTimeout, self._closeTimedOut
+            )
 
     def _closeTimedOut(self) -> None:
         self._closeTimer = None
