@@ -28,11 +28,13 @@ class IdleConnectionTests(SynchronousTestCase):
         2000 silent connections cost under 10 KiB of proxy RSS each, and all are answered 408 and
         closed at the head deadline.
         """
+        # The deadlines (5 s sniff + 1 s head) must outlast opening every connection, so that all
+        # of them are open at once before the first is closed.
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         port = freePort()
         doc = configDocument(listeners=[{
-            "name": "web", "address": f"127.0.0.1:{port}", "sniff_timeout": "500ms",
+            "name": "web", "address": f"127.0.0.1:{port}", "sniff_timeout": "5s",
             "filter_chains": [{"filters": [{"type": "proxy", "config": {
                 "downstream_protocol": "Http1", "router_config_name": "r", "request_headers_timeout": "1s"}}]}],
         }])
