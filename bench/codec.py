@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import measure  # noqa: E402
 
 from meshproxy.http import (  # noqa: E402
     CLIENT,
@@ -116,27 +117,6 @@ def serializeResponses(n: int) -> None:
     status, reason, headers = head.status, head.reason, head.headers
     for _ in range(n):
         responseHead(status, reason, headers)
-
-
-def measure(run: Callable[[int], None], seconds: float) -> float:
-    """
-    Heads per second of C{run}, best of a few rounds of about C{seconds}.
-    """
-    n = 1000
-    while True:
-        start = time.process_time()
-        run(n)
-        elapsed = time.process_time() - start
-        if elapsed > seconds / 5:
-            break
-        n *= 2
-    best = 0.0
-    for _ in range(5):
-        start = time.process_time()
-        run(n)
-        elapsed = time.process_time() - start
-        best = max(best, n / elapsed)
-    return best
 
 
 def main() -> None:

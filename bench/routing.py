@@ -13,10 +13,12 @@ import argparse
 import os
 import random
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timing import measure  # noqa: E402
 
 from meshproxy.config import RouterConfig, parseConfigObject  # noqa: E402
 from meshproxy.routing.table import RouteTable  # noqa: E402
@@ -131,27 +133,6 @@ CASES: list[tuple[str, bytes | None, bytes, list[tuple[bytes, bytes]], str]] = [
     ("suffix wildcard host", b"acme.tenants.example.com", b"/x", HEADERS, "tenants[0]"),
     ("catch-all host", b"unknown.test", b"/x", HEADERS, "fallback[0]"),
 ]
-
-
-def measure(run: Callable[[int], None], seconds: float) -> float:
-    """
-    Operations per second of C{run}, best of a few rounds of about C{seconds} in all.
-    """
-    n = 1000
-    while True:
-        start = time.process_time()
-        run(n)
-        elapsed = time.process_time() - start
-        if elapsed > seconds / 5:
-            break
-        n *= 2
-    best = 0.0
-    for _ in range(5):
-        start = time.process_time()
-        run(n)
-        elapsed = time.process_time() - start
-        best = max(best, n / elapsed)
-    return best
 
 
 def main() -> None:

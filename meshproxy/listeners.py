@@ -25,7 +25,7 @@ from meshproxy.classify import Verdict
 from meshproxy.config import FilterChainConfig, ListenerConfig
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.sniff import SniffingProtocol
-from meshproxy.stats import StatsStore
+from meshproxy.stats import Counter, StatsStore
 
 
 def _address(address: Any) -> tuple[str, int] | None:
@@ -147,6 +147,7 @@ class ListenerFactory(Factory):
         self._acceptPaused = False
         self._drained: defer.Deferred[None] | None = None
         self._stats = stats
+        self._verdicts: dict[str, Counter] = {}
         labels = {"listener": config.name}
         self.connectionsTotal = stats.counter("downstream_cx_total", "Connections accepted.", **labels)
         self.connectionsActive = stats.gauge("downstream_cx_active", "Connections open now.", **labels)
@@ -201,10 +202,13 @@ class ListenerFactory(Factory):
         """
         Count the verdict and pick the chain for it; count and log when none fits.
         """
-        self._stats.counter(
-            "sniff_verdict_total", "Sniff verdicts by detected protocol.", listener=self.config.name,
-            protocol=verdict.protocol,
-        ).inc()
+        counter = self._verdicts.get(verdict.protocol)
+        if counter is None:
+            counter = self._verdicts[verdict.protocol] = self._stats.counter(
+                "sniff_verdict_total", "Sniff verdicts by detected protocol.", listener=self.config.name,
+                protocol=verdict.protocol,
+            )
+        counter.value += 1
         downstream.protocol = verdict.protocol
         downstream.serverName = verdict.serverName
         downstream.alpn = verdict.alpn

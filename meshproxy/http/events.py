@@ -101,19 +101,14 @@ def _valuesOf(headers: Headers, name: bytes) -> list[bytes]:
     return [v for n, v in headers if n.lower() == lowered]
 
 
-class _Head:
+class _Value:
     """
-    What request and response heads share: header lookup, equality by value, a readable repr.
+    Equality by value over C{__slots__}, no hashing (the fields are lists), and a repr naming the
+    fields (keyword form when L{_keywordRepr}, else positional).
     """
 
     __slots__: tuple[str, ...] = ()
-    headers: Headers
-
-    def headerValues(self, name: bytes) -> list[bytes]:
-        """
-        The values of every header named C{name} (case-insensitive), in order.
-        """
-        return _valuesOf(self.headers, name)
+    _keywordRepr = False
 
     def _fields(self) -> tuple[object, ...]:
         return tuple(getattr(self, n) for n in self.__slots__)
@@ -126,8 +121,27 @@ class _Head:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({fields})"
+        if self._keywordRepr:
+            parts = [f"{n}={getattr(self, n)!r}" for n in self.__slots__]
+        else:
+            parts = [repr(getattr(self, n)) for n in self.__slots__]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class _Head(_Value):
+    """
+    What request and response heads share: header lookup.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    headers: Headers
+    _keywordRepr = True
+
+    def headerValues(self, name: bytes) -> list[bytes]:
+        """
+        The values of every header named C{name} (case-insensitive), in order.
+        """
+        return _valuesOf(self.headers, name)
 
 
 class RequestHead(_Head):
@@ -245,7 +259,7 @@ class ResponseHead(_Head):
 
 
 
-class BodyData:
+class BodyData(_Value):
     """
     Some body bytes of the current message, in order.
 
@@ -258,18 +272,9 @@ class BodyData:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not BodyData:
-            return NotImplemented
-        return self.data == other.data
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"BodyData({self.data!r})"
 
 
-class EndOfMessage:
+class EndOfMessage(_Value):
     """
     The current message is complete; C{trailers} holds the chunked trailer
     fields (empty otherwise).
@@ -280,33 +285,14 @@ class EndOfMessage:
     def __init__(self, trailers: Headers | None = None) -> None:
         self.trailers: Headers = [] if trailers is None else trailers
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not EndOfMessage:
-            return NotImplemented
-        return self.trailers == other.trailers
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"EndOfMessage({self.trailers!r})"
 
 
-class ConnectionClosed:
+class ConnectionClosed(_Value):
     """
     The peer closed the connection cleanly, between messages.
     """
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not ConnectionClosed:
-            return NotImplemented
-        return True
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return "ConnectionClosed()"
 
 
 Event = Union[RequestHead, ResponseHead, BodyData, EndOfMessage, ConnectionClosed, Signal]

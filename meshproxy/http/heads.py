@@ -48,19 +48,22 @@ _ABSOLUTE: Final = re.compile(rb"[A-Za-z][-A-Za-z0-9+.]*://")
 _SLASH: Final = ord("/")
 
 
-def _startLine(data: bytes, start: int, end: int) -> bytes:
-    lineEnd = data.find(b"\r\n", start, end + 2)
-    return data[start:lineEnd]
+def _startLine(data: bytes, start: int, end: int) -> tuple[bytes, HTTPParseError | None]:
+    """
+    The start line of a refused head, and the error for a bad byte in it (if any).
+    """
+    line = data[start : data.find(b"\r\n", start, end + 2)]
+    reason = badByteReason(line, 0, len(line))
+    return line, None if reason is None else HTTPParseError(400, reason)
 
 
 def requestLineError(data: bytes, start: int, end: int) -> HTTPParseError:
     """
     Say what is wrong with a request line that the fast pattern refused.
     """
-    line = _startLine(data, start, end)
-    reason = badByteReason(line, 0, len(line))
-    if reason is not None:
-        return HTTPParseError(400, reason)
+    line, badByte = _startLine(data, start, end)
+    if badByte is not None:
+        return badByte
     parts = line.split(b" ")
     if len(parts) != 3:
         return HTTPParseError(400, "bad-request-line")
@@ -78,10 +81,9 @@ def statusLineError(data: bytes, start: int, end: int) -> HTTPParseError:
     """
     Say what is wrong with a status line that the fast pattern refused.
     """
-    line = _startLine(data, start, end)
-    reason = badByteReason(line, 0, len(line))
-    if reason is not None:
-        return HTTPParseError(400, reason)
+    line, badByte = _startLine(data, start, end)
+    if badByte is not None:
+        return badByte
     version, _, rest = line.partition(b" ")
     if _VERSION.fullmatch(version) is None:
         if _VERSION_LIKE.fullmatch(version):

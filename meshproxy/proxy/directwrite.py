@@ -1,5 +1,6 @@
 """
-Writing to TCP/UNIX transports without waiting for the next reactor turn.
+Writing to TCP/UNIX transports without waiting for the next reactor turn (and turning Nagle off,
+the other per-transport setting of the data path).
 
 Twisted's C{transport.write} only queues: the bytes go out when the reactor next polls the socket
 for writability, which costs an epoll modification, a poll event and a C{doWrite} call chain per
@@ -103,3 +104,16 @@ def _direct(transport: Any) -> tuple[Writer, SequenceWriter]:
                 queueWrite(piece)
 
     return write, writeSequence
+
+
+def setNoDelay(transport: Any) -> None:
+    """
+    Disable Nagle where the transport allows it (TCP): every response tail would otherwise wait
+    for the peer's delayed ACK.
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        try:
+            setter(True)
+        except OSError:
+            pass

@@ -40,7 +40,7 @@ from meshproxy.http import (
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.proxy.deadline import Deadline
 from meshproxy.proxy import httpresponse
-from meshproxy.proxy.directwrite import directWriters
+from meshproxy.proxy.directwrite import directWriters, setNoDelay
 from meshproxy.proxy.httpsettings import HTTPSettings, HTTPStats
 from meshproxy.proxy.forward import (
     CHUNKED,
@@ -49,7 +49,6 @@ from meshproxy.proxy.forward import (
     clientRequestId,
     upstreamRequestFields,
 )
-from meshproxy.proxy.upstream import setNoDelay
 from meshproxy.routing.table import RouteTable, splitTarget
 from meshproxy.stats import StatsStore
 

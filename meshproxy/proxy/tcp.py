@@ -22,20 +22,12 @@ from meshproxy.accesslog import formatAddress, responseFlag, startTime
 from meshproxy.cluster.cluster import Cluster, ClusterSet, UpstreamHost
 from meshproxy.config import TCPProxyConfig
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
+from meshproxy.proxy.directwrite import setNoDelay
 from meshproxy.routing.tcp import selectTCPCluster
 from meshproxy.stats import StatsStore
 
 accessLog = Logger(namespace="meshproxy.access")
 
-
-
-def _noDelay(transport: Any) -> None:
-    setNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setNoDelay is not None:
-        try:
-            setNoDelay(True)
-        except OSError:
-            pass
 
 
 @implementer(INetworkFilterFactory)
@@ -104,7 +96,7 @@ class TCPProxySession(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]
-        _noDelay(self.transport)
+        setNoDelay(self.transport)
         config = self.filter.config
         name = selectTCPCluster(config, self.downstream.clientAddress, self.downstream.localAddress)
         if name is None:
@@ -183,7 +175,7 @@ class TCPProxySession(Protocol):
         self.upstream = upstream
         self.host = upstream.host
         up, down = upstream.transport, self.transport
-        _noDelay(up)
+        setNoDelay(up)
         limit = self.cluster.bufferLimit
         up.bufferSize = limit  # type: ignore[union-attr]
         down.bufferSize = limit  # type: ignore[union-attr]

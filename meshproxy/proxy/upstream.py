@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from meshproxy.cluster.cluster import Cluster, UpstreamHost
-from meshproxy.proxy.directwrite import directWriters
+from meshproxy.proxy.directwrite import directWriters, setNoDelay
 from meshproxy.http import (
     CLIENT,
     NEED_DATA,
@@ -29,19 +29,6 @@ from meshproxy.http import (
     HTTPParseError,
     ResponseHead,
 )
-
-
-def setNoDelay(transport: Any) -> None:
-    """
-    Disable Nagle where the transport allows it (TCP): every response tail would otherwise wait
-    for the peer's delayed ACK.
-    """
-    setter = getattr(transport, "setTcpNoDelay", None)
-    if setter is not None:
-        try:
-            setter(True)
-        except OSError:
-            pass
 
 
 class UpstreamConnection(Protocol):
