@@ -10,6 +10,12 @@ checking and typed values), C{addresses} and C{durations} (value syntaxes), C{du
 """
 
 from meshproxy.config.dump import configDump
+from meshproxy.config.clustermodel import (
+    HealthCheckConfig,
+    LBConfig,
+    OutlierDetectionConfig,
+    SubsetConfig,
+)
 from meshproxy.config.errors import ConfigError, Problem
 from meshproxy.config.filters import IMPLEMENTED_NETWORK_FILTERS
 from meshproxy.config.model import (
@@ -35,6 +41,7 @@ from meshproxy.config.model import (
 from meshproxy.config.parse import parseConfig, parseConfigObject
 from meshproxy.config.routemodel import (
     DirectResponseActionConfig,
+    HashPolicyConfig,
     HeaderEdits,
     HeaderMatcherConfig,
     HeaderValueConfig,
@@ -63,7 +70,12 @@ __all__ = [
     "FilterChainMatch",
     "HTTP1ExtendConfig",
     "HTTPProxyConfig",
+    "HashPolicyConfig",
     "HeaderEdits",
+    "HealthCheckConfig",
+    "LBConfig",
+    "OutlierDetectionConfig",
+    "SubsetConfig",
     "HeaderMatcherConfig",
     "HeaderValueConfig",
     "HostConfig",

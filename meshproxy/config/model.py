@@ -15,7 +15,16 @@ from typing import ClassVar, Union
 
 import attrs
 
+from meshproxy.config.clustermodel import (
+    DEFAULT_CONN_BUFFER_LIMIT_BYTES,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_REQUEST_PER_CONN,
+    CircuitBreakersConfig,
+    ClusterConfig,
+    HostConfig,
+)
 from meshproxy.config.routemodel import RouterConfig
+from meshproxy.config.tlsmodel import TLSContextConfig
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -25,9 +34,6 @@ DEFAULT_SNIFF_TIMEOUT = 3.0
 DEFAULT_SNIFF_MAX_BYTES = 16384
 DEFAULT_MAX_CONNECTIONS = 10000
 DEFAULT_TCP_IDLE_TIMEOUT = 90.0
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_CONN_BUFFER_LIMIT_BYTES = 65536
-DEFAULT_MAX_REQUEST_PER_CONN = 1024
 DEFAULT_MAX_HEADER_SIZE = 65536
 
 
@@ -84,34 +90,6 @@ class FilterChainMatch:
     transportProtocol: str | None = None
     applicationProtocols: tuple[str, ...] = ()
     protocols: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class TLSContextConfig:
-    """
-    MOSN's TLS context (C{tls_context}) for terminating TLS on a filter chain.
-
-    C{caCert}, C{certChain} and C{privateKey} are inline PEM when they contain C{-----BEGIN}, else file
-    paths (as in MOSN).  C{alpn} is MOSN's comma-separated string, split; C{cipherSuites} and C{ecdhCurves}
-    stay MOSN's colon-separated strings.  Versions are C{""} (default) or one of C{TLS_AUTO}, C{TLSv1_0},
-    C{TLSv1_1}, C{TLSv1_2}, C{TLSv1_3}.
-    """
-
-    status: bool = False
-    serverName: str = ""
-    caCert: str = ""
-    certChain: str = ""
-    privateKey: str = ""
-    verifyClient: bool = False
-    requireClientCert: bool = False
-    insecureSkip: bool = False
-    cipherSuites: str = ""
-    ecdhCurves: str = ""
-    minVersion: str = ""
-    maxVersion: str = ""
-    alpn: tuple[str, ...] = ()
-    ticket: str = ""
-    fallBack: bool = False
 
 
 @attrs.frozen
@@ -259,62 +237,6 @@ class ServerConfig:
             if router.routerConfigName == name:
                 return router
         return None
-
-
-@attrs.frozen
-class CircuitBreakersConfig:
-    """
-    Per-cluster limits (MOSN's C{circuit_breakers} thresholds); beyond them requests fail fast with 503.
-    """
-
-    maxConnections: int = 1024
-    maxPendingRequests: int = 1024
-    maxRequests: int = 1024
-    maxRetries: int = 3
-
-
-@attrs.frozen
-class HostConfig:
-    """
-    An upstream host.
-
-    @ivar address: as written in the file.
-    @ivar host: the IP address without brackets, or the unix socket path.
-    @ivar port: the TCP port, 0 for a unix socket.
-    @ivar family: C{"ipv4"}, C{"ipv6"} or C{"unix"}.
-    @ivar weight: 1 to 128.
-    """
-
-    address: str
-    host: str
-    port: int
-    family: str
-    weight: int = 1
-    hostname: str | None = None
-    tlsDisable: bool = False
-
-
-@attrs.frozen
-class ClusterConfig:
-    """
-    A named set of upstream hosts with a load balancer.
-
-    @ivar type: C{"SIMPLE"} or C{"STATIC"} (the same: a fixed list of IP addresses).
-    @ivar lbType: C{"LB_ROUNDROBIN"} or C{"LB_RANDOM"}.
-    @ivar idleTimeout: seconds an idle upstream connection is kept, or L{None}: no limit.
-    """
-
-    name: str
-    hosts: tuple[HostConfig, ...]
-    type: str = "SIMPLE"
-    lbType: str = "LB_ROUNDROBIN"
-    connectTimeout: float = DEFAULT_CONNECT_TIMEOUT
-    connBufferLimitBytes: int = DEFAULT_CONN_BUFFER_LIMIT_BYTES
-    maxRequestPerConn: int = DEFAULT_MAX_REQUEST_PER_CONN
-    idleTimeout: float | None = None
-    circuitBreakers: CircuitBreakersConfig = CircuitBreakersConfig()
-    #: meshproxy extension: seconds a request may wait for a pooled connection (then 503).
-    queueTimeout: float = 5.0
 
 
 @attrs.frozen

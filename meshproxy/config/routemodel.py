@@ -75,21 +75,52 @@ class WeightedClusterConfig:
 
     name: str
     weight: int
+    metadataMatch: tuple[tuple[str, str], ...] = ()
+
+
+#: Envoy's C{retry_on} conditions meshproxy implements.
+RETRY_CONDITIONS = ("connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes")
 
 
 @attrs.frozen
 class RetryPolicyConfig:
     """
-    MOSN's retry policy.
+    A route's retry policy: MOSN's C{retry_policy}, with Envoy's C{retry_on} conditions and back-off.
 
+    @ivar retryOn: whether the policy is on (MOSN's C{retry_on: true}, or any Envoy condition).
+    @ivar conditions: what is retried: a subset of L{RETRY_CONDITIONS}.  MOSN's C{retry_on: true}
+        means C{connect-failure}, C{reset} and C{retriable-status-codes}.
     @ivar retryTimeout: the per-try timeout in seconds, or L{None} for the route timeout.
     @ivar statusCodes: response statuses that count as failures to retry.
+    @ivar backoffBase: seconds; the n-th retry waits a random time up to C{backoffBase * 2**(n-1)}
+        (full jitter), at most C{backoffMax}.
     """
 
     retryOn: bool = False
     retryTimeout: float | None = None
     numRetries: int = 0
     statusCodes: tuple[int, ...] = ()
+    conditions: frozenset[str] = frozenset()
+    backoffBase: float = 0.025
+    backoffMax: float = 0.25
+
+
+@attrs.frozen
+class HashPolicyConfig:
+    """
+    One of a route's C{hash_policy} entries: what a consistent-hashing load balancer hashes.
+
+    @ivar kind: C{"header"}, C{"cookie"} or C{"source_ip"}.
+    @ivar name: the header's or the cookie's name (lower case for a header).
+    @ivar path: the generated cookie's C{Path}.
+    @ivar ttl: for a cookie: when set and the request has none, one is generated with this lifetime in
+        seconds (a sticky session); L{None}: never generate.
+    """
+
+    kind: str
+    name: str = ""
+    path: str = ""
+    ttl: float | None = None
 
 
 @attrs.frozen
@@ -121,6 +152,8 @@ class RouteActionConfig:
     timeout: float = DEFAULT_ROUTE_TIMEOUT
     retryPolicy: RetryPolicyConfig | None = None
     headerEdits: HeaderEdits = HeaderEdits()
+    hashPolicy: tuple[HashPolicyConfig, ...] = ()
+    metadataMatch: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
