@@ -180,7 +180,7 @@ class ParseConfigTests(ConfigAssertions, SynchronousTestCase):
         """
         doc = document(
             listeners=[listener(address="127.0.0.1:99999", sniff_max_bytes=1)],
-            clusters=[cluster(lb_type="LB_MAGLEV", hosts=[{"address": "127.0.0.1:80", "weight": 0}])],
+            clusters=[cluster(lb_type="LB_PEAK_EWMA", hosts=[{"address": "127.0.0.1:80", "weight": 0}])],
         )
         error = self.assertRaises(ConfigError, self.load, doc)
         paths = [problem.path for problem in error.problems]
@@ -308,10 +308,10 @@ class KeyTests(ConfigAssertions, SynchronousTestCase):
         """
         A MOSN key meshproxy does not implement is named as such.
         """
-        doc = document(clusters=[cluster(health_check={"protocol": "Http1", "service_name": "x"})])
-        message = self.assertOnlyProblem(doc, "cluster_manager.clusters[0].health_check")
+        doc = document(clusters=[cluster(slow_start={"mode": "duration"})])
+        message = self.assertOnlyProblem(doc, "cluster_manager.clusters[0].slow_start")
         self.assertTrue(
-            message.startswith("'health_check' is a MOSN key that meshproxy does not support yet")
+            message.startswith("'slow_start' is a MOSN key that meshproxy does not support yet")
         )
 
     def test_toleratedValues(self) -> None:
@@ -1032,10 +1032,10 @@ class ClusterTests(ConfigAssertions, SynchronousTestCase):
         """
         path = "cluster_manager.clusters[0]"
         cases = [
-            ({"type": "STRICT_DNS"}, ".type", "cluster type 'STRICT_DNS' is not supported yet"),
+            ({"type": "ORIGINAL_DST"}, ".type", "original-destination forwarding"),
             ({"type": "EDS"}, ".type", "xDS"),
             ({"type": "SIMPEL"}, ".type", "(did you mean 'SIMPLE'?)"),
-            ({"lb_type": "LB_MAGLEV"}, ".lb_type", "load balancer type 'LB_MAGLEV' is not supported yet"),
+            ({"lb_type": "LB_PEAK_EWMA"}, ".lb_type", "load balancer type 'LB_PEAK_EWMA' is not supported yet"),
             ({"lb_type": "LB_RANDON"}, ".lb_type", "(did you mean 'LB_RANDOM'?)"),
             ({"conn_buffer_limit_bytes": 100}, ".conn_buffer_limit_bytes", "from 1024 to 1048576"),
             ({"hosts": []}, ".hosts", "[] is empty"),
@@ -1043,7 +1043,7 @@ class ClusterTests(ConfigAssertions, SynchronousTestCase):
             (
                 {"hosts": [{"address": "example.com:80"}]},
                 ".hosts[0].address",
-                "STRICT_DNS, which meshproxy does not support yet",
+                "resolving host names needs cluster type STRICT_DNS",
             ),
             (
                 {"hosts": [{"address": "10.0.0.1:80"}, {"address": "10.0.0.1:80"}]},
@@ -1051,9 +1051,9 @@ class ClusterTests(ConfigAssertions, SynchronousTestCase):
                 "listed twice",
             ),
             (
-                {"hosts": [{"address": "10.0.0.1:80", "metadata": {"filter_metadata": {}}}]},
-                ".hosts[0].metadata",
-                "'metadata' is a MOSN key",
+                {"hosts": [{"address": "10.0.0.1:80", "metadata": {"filter_metadata": {"mosn.lb": {"v": 1}}}}]},
+                '.hosts[0].metadata.filter_metadata["mosn.lb"].v',
+                "1 is not a string",
             ),
             ({"circuit_breakers": {"max_connections": 1}}, ".circuit_breakers", "is not a list"),
             ({"circuit_breakers": [{}, {}]}, ".circuit_breakers", "expected at most one"),
@@ -1064,9 +1064,9 @@ class ClusterTests(ConfigAssertions, SynchronousTestCase):
             ),
             ({"tls_context": {"status": True}}, ".tls_context", "only {} or"),
             (
-                {"lb_subset_config": {"fall_back_policy": 1}},
-                ".lb_subset_config",
-                "'lb_subset_config' is a MOSN key",
+                {"lb_subset_config": {"fall_back_policy": 2}},
+                ".lb_subset_config.fall_back_policy",
+                "needs a non-empty default_subset",
             ),
         ]
         for overrides, suffix, fragment in cases:

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from meshproxy.config.routepolicy import MOSN_RETRY_ON
 from meshproxy.config import (
     DirectResponseActionConfig,
     HeaderValueConfig,
@@ -92,7 +93,7 @@ class RouterModelTests(ConfigAssertions, SynchronousTestCase):
             (action.clusterName, action.prefixRewrite, action.hostRewrite, action.timeout),
             ("backend", "/v2/", "internal", 5.0),
         )
-        self.assertEqual(action.retryPolicy, RetryPolicyConfig(True, 1.0, 2, (503,)))
+        self.assertEqual(action.retryPolicy, RetryPolicyConfig(True, 1.0, 2, (503,), MOSN_RETRY_ON))
         self.assertEqual(
             action.headerEdits.requestHeadersToAdd,
             (HeaderValueConfig("X-From", "%downstream_remote_address%"),),
@@ -336,11 +337,6 @@ class RouterErrorTests(ConfigAssertions, SynchronousTestCase):
         MOSN router features meshproxy does not implement yet are named.
         """
         cases = [
-            (
-                forward(cluster_name="backend", hash_policy=[{"header": {"key": "x"}}]),
-                ENTRY + ".route.hash_policy",
-                "'hash_policy'",
-            ),
             (
                 {**forward(), "request_mirror_policies": {"cluster": "canary", "percent": 10}},
                 ENTRY + ".request_mirror_policies",

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from meshproxy.config.routepolicy import MOSN_RETRY_ON
 from meshproxy.config import RetryPolicyConfig
 from meshproxy.routing.route import CLUSTER, DIRECT, REDIRECT, Route
 from meshproxy.routing.table import RouteTable
@@ -44,7 +45,7 @@ class ClusterTests(SynchronousTestCase):
             (route.hostRewrite, route.autoHostRewrite, route.timeout, route.status, route.body),
             (b"internal.example", False, 2.5, 0, b""),
         )
-        self.assertEqual(route.retryPolicy, RetryPolicyConfig(True, None, 2, (503,)))
+        self.assertEqual(route.retryPolicy, RetryPolicyConfig(True, None, 2, (503,), MOSN_RETRY_ON))
         auto = routeOf(makeTable(forward(auto_host_rewrite=True)), b"/")
         self.assertEqual((auto.hostRewrite, auto.autoHostRewrite, auto.timeout), (None, True, 60.0))
 

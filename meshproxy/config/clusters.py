@@ -10,19 +10,23 @@ C{slow_start}, C{keepalive}, C{spec}, C{lbconfig}, C{original_dst_lb_config} and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from meshproxy.config.addresses import AddressError, HostnameError, parseHostAddress
-from meshproxy.config.errors import Problems
-from meshproxy.config.jsonvalues import UINT32_MAX, describe, didYouMean
-from meshproxy.config.model import (
+from meshproxy.config.addresses import AddressError, HostAddress, HostnameError, parseHostAddress
+from meshproxy.config.clusterhealth import parseHealthCheck, parseLBConfig, parseOutlierDetection
+from meshproxy.config.clustermodel import (
     DEFAULT_CONN_BUFFER_LIMIT_BYTES,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DNS_REFRESH_RATE,
     DEFAULT_MAX_REQUEST_PER_CONN,
     CircuitBreakersConfig,
     ClusterConfig,
     HostConfig,
 )
+from meshproxy.config.errors import Problems
+from meshproxy.config.jsonvalues import UINT32_MAX, describe, didYouMean
+from meshproxy.config.subsets import parseLabels, parseSubsetConfig
 from meshproxy.config.reader import (
     Fields,
     KeySpec,
@@ -34,24 +38,25 @@ from meshproxy.config.reader import (
     tolerateWhen,
 )
 
-CLUSTER_TYPES = ("SIMPLE", "STATIC")
+CLUSTER_TYPES = ("SIMPLE", "STATIC", "STRICT_DNS")
 #: MOSN cluster types meshproxy does not support, each with why.
 UNSUPPORTED_CLUSTER_TYPES = {
-    "STRICT_DNS": "is not supported yet by meshproxy",
     "EDS": "needs an xDS control plane, which meshproxy does not support",
     "DYNAMIC": "needs MOSN's dynamic host updates, which meshproxy does not support",
     "ORIGINAL_DST": "needs original-destination forwarding, which meshproxy does not support",
 }
-LB_TYPES = ("LB_ROUNDROBIN", "LB_RANDOM")
-UNSUPPORTED_LB_TYPES = (
+LB_TYPES = (
+    "LB_ROUNDROBIN",
     "LB_WEIGHTED_ROUNDROBIN",
-    "LB_ORIGINAL_DST",
-    "LB_LEAST_REQUEST",
-    "LB_MAGLEV",
     "LB_REQUEST_ROUNDROBIN",
+    "LB_RANDOM",
+    "LB_LEAST_REQUEST",
     "LB_LEAST_CONNECTION",
-    "LB_PEAK_EWMA",
+    "LB_MAGLEV",
 )
+UNSUPPORTED_LB_TYPES = ("LB_ORIGINAL_DST", "LB_PEAK_EWMA")
+DNS_LOOKUP_FAMILIES = ("ALL", "V4_ONLY", "V6_ONLY")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def _isPlaintext(value: Any) -> bool:
@@ -84,10 +89,15 @@ CLUSTER_KEYS = KeySpec(
         "circuit_breakers",
         # meshproxy extension (HAProxy's name): how long a request may wait for a pooled connection
         "queue_timeout",
+        "health_check",
+        # meshproxy extension (Envoy's names): passive ejection of failing hosts
+        "outlier_detection",
+        "lb_subset_config",
+        "lbconfig",
+        "dns_refresh_rate",
+        "dns_lookup_family",
     ),
     unsupported={
-        "health_check": tolerateEmpty(),
-        "lb_subset_config": tolerateEmpty(),
         "tls_context": _PLAINTEXT,
         "cluster_manager_tls": tolerateValues(False),
         "cluster_pool_enable": tolerateValues(False),
@@ -96,19 +106,14 @@ CLUSTER_KEYS = KeySpec(
         "mark": tolerateValues(0),
         "keepalive": tolerateEmpty(),
         "slow_start": tolerateEmpty(),
-        "lbconfig": tolerateEmpty(),
         "original_dst_lb_config": tolerateEmpty(),
-        "dns_refresh_rate": None,
         "respect_dns_ttl": tolerateValues(False),
-        "dns_lookup_family": None,
         "dns_resolvers": tolerateEmpty(),
         "dns_resolver_file": tolerateValues(""),
         "dns_resolver_port": None,
     },
 )
-HOST_KEYS = KeySpec(
-    known=("address", "hostname", "weight", "tls_disable"), unsupported={"metadata": tolerateEmpty()}
-)
+HOST_KEYS = KeySpec(known=("address", "hostname", "weight", "tls_disable", "metadata"))
 CIRCUIT_BREAKER_KEYS = KeySpec(
     known=("max_connections", "max_pending_requests", "max_requests", "max_retries")
 )
@@ -149,13 +154,19 @@ def _cluster(fields: Fields) -> ClusterConfig:
             fields.problem("type", f"{describe(kind)} is not a cluster type{hint}: expected SIMPLE or STATIC")
         kind = "SIMPLE"
     idleTimeout = fields.duration("idle_timeout", None, zeroIsNone=True)
+    dns = kind == "STRICT_DNS"
+    if not dns:
+        for key in ("dns_refresh_rate", "dns_lookup_family"):
+            if fields.has(key):
+                fields.problem(key, f"only a STRICT_DNS cluster resolves names: this cluster's type is {kind}")
+    lbType = fields.choice("lb_type", "LB_ROUNDROBIN", LB_TYPES, UNSUPPORTED_LB_TYPES, what="load balancer type")
+    if kind == "STRICT_DNS" and fields.has("lb_subset_config"):
+        fields.problem("lb_subset_config", "subsets need host metadata, which a STRICT_DNS cluster's hosts do not keep")
     return ClusterConfig(
         name=fields.string("name", required=True, nonEmpty=True),
-        hosts=_hosts(fields),
+        hosts=_hosts(fields, dns),
         type=kind,
-        lbType=fields.choice(
-            "lb_type", "LB_ROUNDROBIN", LB_TYPES, UNSUPPORTED_LB_TYPES, what="load balancer type"
-        ),
+        lbType=lbType,
         connectTimeout=fields.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT, positive=True)
         or DEFAULT_CONNECT_TIMEOUT,
         connBufferLimitBytes=fields.integer(
@@ -165,10 +176,17 @@ def _cluster(fields: Fields) -> ClusterConfig:
         idleTimeout=idleTimeout,
         circuitBreakers=_circuitBreakers(fields),
         queueTimeout=fields.duration("queue_timeout", 5.0, positive=True) or 5.0,
+        healthCheck=parseHealthCheck(fields),
+        outlierDetection=parseOutlierDetection(fields),
+        lbConfig=parseLBConfig(fields),
+        subsets=parseSubsetConfig(fields),
+        dnsRefreshRate=fields.duration("dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE, positive=True)
+        or DEFAULT_DNS_REFRESH_RATE,
+        dnsLookupFamily=fields.choice("dns_lookup_family", "ALL", DNS_LOOKUP_FAMILIES, what="DNS lookup family"),
     )
 
 
-def _hosts(fields: Fields) -> tuple[HostConfig, ...]:
+def _hosts(fields: Fields, dns: bool) -> tuple[HostConfig, ...]:
     hosts = []
     seen: dict[str, str] = {}
     for path, host in iterObjects(
@@ -180,14 +198,18 @@ def _hosts(fields: Fields) -> tuple[HostConfig, ...]:
         try:
             parsed = parseHostAddress(address)
         except HostnameError as e:
-            host.problem(
-                "address",
-                f"{e}; resolving host names needs cluster type STRICT_DNS, which meshproxy does not "
-                "support yet",
-            )
-            continue
+            if not dns:
+                host.problem("address", f"{e}; resolving host names needs cluster type STRICT_DNS")
+                continue
+            named = _dnsName(address, host)
+            if named is None:
+                continue
+            parsed = named
         except AddressError as e:
             host.problem("address", str(e))
+            continue
+        if dns and parsed.family == "unix":
+            host.problem("address", f"{address!r} is a unix socket: a STRICT_DNS cluster resolves name:port")
             continue
         if address in seen:
             host.problem(
@@ -203,6 +225,7 @@ def _hosts(fields: Fields) -> tuple[HostConfig, ...]:
                 weight=host.integer("weight", 1, 1, 128),
                 hostname=host.optionalString("hostname"),
                 tlsDisable=host.boolean("tls_disable"),
+                metadata=parseLabels(host, "metadata"),
             )
         )
     return tuple(hosts)
@@ -232,3 +255,20 @@ def _circuitBreakers(fields: Fields) -> CircuitBreakersConfig:
             maxRetries=thresholds.integer("max_retries", 3, 0, UINT32_MAX),
         )
     return result
+
+
+def _dnsName(address: str, host: Fields) -> HostAddress | None:
+    """
+    A STRICT_DNS host's C{name:port}, with the name checked as a DNS name.
+    """
+    name, _, port = address.rpartition(":")
+    labels = name.rstrip(".").split(".")
+    if (
+        not name
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+    ):
+        host.problem("address", f"{address!r} is not a host name and port: expected name:port, e.g. backend.local:8080")
+        return None
+    return HostAddress(name.rstrip(".").lower(), int(port), "dns")

@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 from meshproxy.config.errors import Problems
 from meshproxy.config.jsonvalues import UINT32_MAX, describe, expectInteger
+from meshproxy.config.subsets import parseLabels
 from meshproxy.config.reader import Fields, KeySpec, iterObjects, tolerateEmpty, tolerateValues
+from meshproxy.config.routepolicy import RETRY_POLICY_KEYS, parseHashPolicy, parseRetryPolicy
 from meshproxy.config.routemodel import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseActionConfig,
@@ -23,7 +25,6 @@ from meshproxy.config.routemodel import (
     HeaderValueConfig,
     RedirectActionConfig,
     RegexRewriteConfig,
-    RetryPolicyConfig,
     RouteActionConfig,
     RouteEntryConfig,
     RouteMatchConfig,
@@ -74,21 +75,18 @@ ROUTE_ACTION_KEYS = KeySpec(
         "auto_host_rewrite",
         "timeout",
         "retry_policy",
+        "hash_policy",
+        "metadata_match",
     )
     + _HEADER_EDIT_KEYS,
     unsupported={
-        "hash_policy": tolerateEmpty(),
         "cluster_variable": tolerateEmpty(),
         "upstream_protocol": tolerateValues("", "Http1"),
-        "metadata_match": tolerateEmpty(),
         "auto_host_rewrite_header": tolerateEmpty(),
     },
 )
 WEIGHTED_CLUSTER_KEYS = KeySpec(known=("cluster",))
-WEIGHTED_CLUSTER_ENTRY_KEYS = KeySpec(
-    known=("name", "weight"), unsupported={"metadata_match": tolerateEmpty()}
-)
-RETRY_POLICY_KEYS = KeySpec(known=("retry_on", "retry_timeout", "num_retries", "status_codes"))
+WEIGHTED_CLUSTER_ENTRY_KEYS = KeySpec(known=("name", "weight", "metadata_match"))
 REGEX_REWRITE_KEYS = KeySpec(known=("pattern", "substitution"))
 REGEX_PATTERN_KEYS = KeySpec(known=("regex",), unsupported={"google_re2": tolerateEmpty()})
 REDIRECT_KEYS = KeySpec(known=("response_code", "path_redirect", "host_redirect", "scheme_redirect"))
@@ -277,9 +275,11 @@ def _routeAction(fields: Fields, checkCluster: ClusterCheck) -> RouteActionConfi
             name = entry.string("name", required=True, nonEmpty=True)
             if name:
                 checkCluster(name, entry.pathOf("name"))
-            weighted.append(
-                WeightedClusterConfig(name=name, weight=entry.integer("weight", 1, 0, UINT32_MAX))
-            )
+            weighted.append(WeightedClusterConfig(
+                name=name,
+                weight=entry.integer("weight", 1, 0, UINT32_MAX),
+                metadataMatch=parseLabels(entry, "metadata_match"),
+            ))
     if weighted and sum(cluster.weight for cluster in weighted) == 0:
         fields.problem("weighted_clusters", "the weights add up to 0: expected at least one positive weight")
     if fields.raw("prefix_rewrite") is not None and fields.raw("regex_rewrite") is not None:
@@ -298,8 +298,10 @@ def _routeAction(fields: Fields, checkCluster: ClusterCheck) -> RouteActionConfi
         hostRewrite=fields.optionalString("host_rewrite"),
         autoHostRewrite=fields.boolean("auto_host_rewrite"),
         timeout=fields.duration("timeout", DEFAULT_ROUTE_TIMEOUT, positive=True) or DEFAULT_ROUTE_TIMEOUT,
-        retryPolicy=_retryPolicy(fields.object("retry_policy", RETRY_POLICY_KEYS)),
+        retryPolicy=parseRetryPolicy(fields.object("retry_policy", RETRY_POLICY_KEYS)),
         headerEdits=_headerEdits(fields),
+        hashPolicy=parseHashPolicy(fields),
+        metadataMatch=parseLabels(fields, "metadata_match"),
     )
 
 
@@ -315,22 +317,6 @@ def _regexRewrite(fields: Fields | None) -> RegexRewriteConfig | None:
     if pattern is None:
         return None
     return RegexRewriteConfig(pattern=pattern, substitution=substitution)
-
-
-def _retryPolicy(fields: Fields | None) -> RetryPolicyConfig | None:
-    if fields is None:
-        return None
-    codes = []
-    for path, element in fields.items("status_codes"):
-        code = expectInteger(element, path, fields.problems, 100, 599)
-        if code is not None:
-            codes.append(code)
-    return RetryPolicyConfig(
-        retryOn=fields.boolean("retry_on"),
-        retryTimeout=fields.duration("retry_timeout", None, zeroIsNone=True),
-        numRetries=fields.integer("num_retries", 0, 0, 10),
-        statusCodes=tuple(codes),
-    )
 
 
 def _redirect(fields: Fields) -> RedirectActionConfig:
