@@ -136,6 +136,8 @@ class MeshProxyService(MultiService):
         self.reactor = reactor
         self.stats = stats if stats is not None else StatsStore()
         self.state = "starting"
+        #: Set by the admin's C{POST /healthcheck/fail} (Envoy's): report not ready, keep serving.
+        self.healthcheckFailed = False
         self.clusters = ClusterSet.fromConfig(config, reactor, self.stats)
         self.pools = PoolSet(reactor, self.stats, dialerFor(HTTPLimits()))
         builder = FilterBuilder(self.clusters, self.pools, reactor, self.stats)
@@ -180,6 +182,7 @@ class MeshProxyService(MultiService):
 
     def startService(self) -> None:
         self.accessLogs.start()
+        self.clusters.start()
         super().startService()
         self.state = "running"
         if self._installSignalHandlers:
@@ -213,6 +216,7 @@ class MeshProxyService(MultiService):
             [defer.maybeDeferred(s.stopService) for s in reversed(self.listenerServices)]
         )
         drained.addCallback(lambda _: self.pools.stop())
+        drained.addCallback(lambda _: self.clusters.stop())
         drained.addCallback(lambda _: self.accessLogs.stop())
         drained.addCallback(lambda _: self.adminService.stopService())
         return drained
@@ -222,6 +226,8 @@ class MeshProxyService(MultiService):
         Whether the proxy should receive traffic, and if not, why.
         """
         reasons = [f"listener {s.config.name!r} is not bound" for s in self.listenerServices if not s.bound]
+        if self.healthcheckFailed:
+            reasons.insert(0, "taken out of rotation by POST /healthcheck/fail")
         if self.state != "running":
             reasons.insert(0, f"meshproxy is {self.state}")
         return (not reasons, reasons)

@@ -7,7 +7,7 @@ lookups, no locks (one reactor thread), no formatting until someone asks for the
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class Counter:
@@ -38,6 +38,22 @@ class Gauge:
         self.value = 0
 
 
+class LiveGauge:
+    """
+    A gauge whose value is read from its owner when the numbers are asked for (a host's active
+    requests), so the hot path updates one plain attribute and nothing else.
+    """
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    @property
+    def value(self) -> int:
+        return self._read()
+
+
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -50,7 +66,7 @@ class Family:
         self.name = name
         self.kind = kind
         self.help = help
-        self.series: dict[Labels, Counter | Gauge] = {}
+        self.series: dict[Labels, Counter | Gauge | LiveGauge] = {}
 
 
 class StatsStore:
@@ -73,7 +89,7 @@ class StatsStore:
             raise ValueError(f"metric {name} is a {family.kind}, not a {kind}")
         key = tuple(sorted(labels.items()))
         metric = family.series.get(key)
-        if metric is None:
+        if metric is None or isinstance(metric, LiveGauge):
             metric = family.series[key] = Counter() if kind == "counter" else Gauge()
         return metric
 
@@ -92,6 +108,28 @@ class StatsStore:
         metric = self._series(name, "gauge", help, labels)
         assert isinstance(metric, Gauge)
         return metric
+
+    def liveGauge(self, name: str, help: str, read: Callable[[], int], **labels: str) -> LiveGauge:
+        """
+        Register (or replace: a rebuilt owner takes over its series) the gauge C{name} with C{labels}
+        whose value is C{read()}.
+        """
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = Family(name, "gauge", help)
+        elif family.kind != "gauge":
+            raise ValueError(f"metric {name} is a {family.kind}, not a gauge")
+        gauge = family.series[tuple(sorted(labels.items()))] = LiveGauge(read)
+        return gauge
+
+    def forget(self, **labels: str) -> None:
+        """
+        Drop every series whose labels include all of C{labels} (an upstream host that went away).
+        """
+        wanted = set(labels.items())
+        for family in self._families.values():
+            for key in [key for key in family.series if wanted.issubset(key)]:
+                del family.series[key]
 
     def value(self, name: str, **labels: str) -> int:
         """

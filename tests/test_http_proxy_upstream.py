@@ -13,6 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.proxyharness import OK, ONE_HOST, ProxyHarness, errorReply, forwarded, oneHost, request
 
+#: The longest a first retry waits by default (Envoy's back-off: at most 250 ms).
+BACKOFF_MAX = 0.25
+
 class ConnectFailureTests(ProxyHarness, SynchronousTestCase):
     """
     Connect failures are retried on the other host, then answered with 502; no host at all is 503.
@@ -59,13 +62,15 @@ class ConnectFailureTests(ProxyHarness, SynchronousTestCase):
 
     def test_noHealthyHost(self) -> None:
         """
-        With no healthy host nothing is dialled and the answer is 503.
+        With no healthy host (and panic mode off) nothing is dialled and the answer is 503.
         """
-        for host in self.clusters.get("backend").hosts:
-            host.healthy = False
+        self.setUpProxy(healthy_panic_threshold=0)
+        cluster = self.clusters.get("backend")
+        for host in cluster.hosts:
+            cluster.activeHealthChanged(host, False, "test")
         _, client = self.connectClient()
         client.deliver(request())
-        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(len(self.reactor.tcpClients), 0)
         self.assertEqual(client.value(), errorReply(b"503 Service Unavailable", b"no_healthy_upstream"))
         self.assertEqual(self.counter("upstream_cx_none_healthy_total", cluster="backend"), 1)
 
@@ -353,6 +358,7 @@ class RetryPolicyTests(ProxyHarness, SynchronousTestCase):
         _, first = self.connectUpstream(0)
         first.deliver(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(first.aborted)
+        self.reactor.advance(BACKOFF_MAX)
         self.assertEqual(self.reactor.tcpClients[1][:2], ("127.0.0.1", 9002))
         _, second = self.connectUpstream(1)
         second.deliver(OK)
@@ -369,6 +375,7 @@ class RetryPolicyTests(ProxyHarness, SynchronousTestCase):
         for index in range(2):
             _, upT = self.connectUpstream(index)
             upT.deliver(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            self.reactor.advance(BACKOFF_MAX)
         self.assertTrue(client.value().startswith(b"HTTP/1.1 503 Service Unavailable"))
         self.assertEqual(len(self.reactor.tcpClients), 2)
 
@@ -382,6 +389,7 @@ class RetryPolicyTests(ProxyHarness, SynchronousTestCase):
         _, first = self.connectUpstream(0)
         self.reactor.advance(1.0)
         self.assertTrue(first.aborted)
+        self.reactor.advance(BACKOFF_MAX)
         _, second = self.connectUpstream(1)
         second.deliver(OK)
         self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))
@@ -395,6 +403,7 @@ class RetryPolicyTests(ProxyHarness, SynchronousTestCase):
         client.deliver(request())
         upstream, first = self.connectUpstream(0)
         upstream.connectionLost(Failure(ConnectionLost()))
+        self.reactor.advance(BACKOFF_MAX)
         _, second = self.connectUpstream(1)
         second.deliver(OK)
         self.assertTrue(client.value().startswith(b"HTTP/1.1 200 OK"))

@@ -92,33 +92,55 @@ class StatesResource(_Leaf):
 
 class ClustersResource(_Leaf):
     """
-    C{/clusters}: each cluster's hosts with their health and live counters (JSON).
+    C{/clusters}: each cluster's hosts with their health, ejection state and reason, and live
+    counters; JSON, or Envoy's plain-text C{cluster::host::stat::value} lines with C{?format=text}.
     """
 
     def render_GET(self, request: Request) -> bytes:
-        return _json(
-            request,
-            {
-                cluster.name: {
-                    "lb_type": cluster.config.lbType,
-                    "connections_active": cluster.connectionsActive.value,
-                    "connections_total": cluster.connectionsTotal.value,
-                    "connect_failures": cluster.connectFailures.value,
-                    "hosts": [
-                        {
-                            "address": h.address,
-                            "weight": h.weight,
-                            "healthy": h.healthy,
-                            "connections_active": h.activeConnections,
-                            "connections_total": h.connectionsTotal.value,
-                            "connect_failures": h.connectFailures.value,
-                        }
-                        for h in cluster.hosts
-                    ],
-                }
-                for cluster in self.service.clusters
-            },
+        clusters = {cluster.name: cluster.describe() for cluster in self.service.clusters}
+        formats = request.args.get(b"format")
+        if not formats or formats[0] != b"text":
+            return _json(request, clusters)
+        lines = []
+        for name, cluster in clusters.items():
+            for key in ("lb_type", "panic", "healthy_hosts", "requests_active", "connections_active"):
+                lines.append(f"{name}::{key}::{_plain(cluster[key])}")
+            for host in cluster["hosts"]:
+                prefix = f"{name}::{host['address']}"
+                lines.append(f"{prefix}::health_flags::{'/'.join(host['health_flags'])}")
+                for key in (
+                    "weight", "reason", "connections_active", "connections_total", "connect_failures",
+                    "requests_active", "requests_total",
+                ):
+                    lines.append(f"{prefix}::{key}::{_plain(host[key])}")
+                outlier = host.get("outlier")
+                if outlier:
+                    lines.append(f"{prefix}::ejections::{_plain(outlier.get('ejections', 0))}")
+        return _text(request, "".join(line + "\n" for line in lines))
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class HealthcheckResource(_Leaf):
+    """
+    C{POST /healthcheck/fail} and C{/healthcheck/ok} (Envoy's): take this instance out of a load
+    balancer's rotation (C{/ready} answers 503) and put it back, without stopping traffic.
+    """
+
+    def __init__(self, service: Any, failed: bool) -> None:
+        super().__init__(service)
+        self.failed = failed
+
+    def render_POST(self, request: Request) -> bytes:
+        self.service.healthcheckFailed = self.failed
+        self.service.log.info(
+            "admin: {what}", what="health check set to fail" if self.failed else "health check set to pass"
         )
+        return _text(request, "OK\n")
 
 
 class ExplainResource(_Leaf):
@@ -170,6 +192,8 @@ def buildAdminSite(service: Any) -> Site:
     routes: dict[str, Resource] = {
         "/ready": ReadyResource(service),
         "/clusters": ClustersResource(service),
+        "/healthcheck/fail": HealthcheckResource(service, True),
+        "/healthcheck/ok": HealthcheckResource(service, False),
         "/stats/prometheus": PrometheusResource(service),
         "/api/v1/config_dump": ConfigDumpResource(service),
         "/api/v1/stats": StatsResource(service),

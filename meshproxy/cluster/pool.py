@@ -86,6 +86,7 @@ class ClusterPool:
         self.idleTimeout = cluster.config.idleTimeout or DEFAULT_POOL_IDLE_TIMEOUT
         self.queueTimeout = cluster.config.queueTimeout
         self.idle: dict[UpstreamHost, list[Any]] = {h: [] for h in cluster.hosts}
+        cluster.onHostsRemoved(self._hostsRemoved)
         self.open = 0  # connected (idle or busy) plus connecting
         self.waiters: deque[_Waiter] = deque()
         labels = {"cluster": cluster.name}
@@ -199,7 +200,10 @@ class ClusterPool:
                     return
             if not self.waiters:
                 connection.idleSince = self.clock.seconds()
-                self.idle[connection.host].append(connection)
+                idle = self.idle.get(connection.host)
+                if idle is None:
+                    idle = self.idle[connection.host] = []  # a host added at run time (DNS)
+                idle.append(connection)
                 self.idleGauge.value += 1
                 return
         connection.close()
@@ -215,6 +219,16 @@ class ClusterPool:
                 connections.remove(connection)
                 self.idleGauge.value -= 1
         self._serveWaiter()
+
+    def _hostsRemoved(self, removed: list[UpstreamHost]) -> None:
+        """
+        Hosts left the cluster: close their idle connections and forget them (busy ones close when
+        their exchange ends, since a removed host is never handed out again).
+        """
+        for host in removed:
+            for connection in self.idle.pop(host, []):
+                self.idleGauge.value -= 1
+                connection.close()
 
     def _sweep(self) -> None:
         deadline = self.clock.seconds() - self.idleTimeout

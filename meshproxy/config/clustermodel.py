@@ -174,3 +174,6 @@ class ClusterConfig:
     tls: TLSContextConfig | None = None
     dnsRefreshRate: float = DEFAULT_DNS_REFRESH_RATE
     dnsLookupFamily: str = "ALL"
+    #: meshproxy extension (Envoy's C{healthy_panic_threshold}): below this percentage of healthy hosts,
+    #: balance over all hosts rather than overload the few left; 0 turns panic mode off.
+    healthyPanicThreshold: int = 50

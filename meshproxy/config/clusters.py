@@ -96,6 +96,8 @@ CLUSTER_KEYS = KeySpec(
         "lbconfig",
         "dns_refresh_rate",
         "dns_lookup_family",
+        # meshproxy extension (Envoy's name): the healthy percentage below which all hosts are used
+        "healthy_panic_threshold",
     ),
     unsupported={
         "tls_context": _PLAINTEXT,
@@ -183,6 +185,7 @@ def _cluster(fields: Fields) -> ClusterConfig:
         dnsRefreshRate=fields.duration("dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE, positive=True)
         or DEFAULT_DNS_REFRESH_RATE,
         dnsLookupFamily=fields.choice("dns_lookup_family", "ALL", DNS_LOOKUP_FAMILIES, what="DNS lookup family"),
+        healthyPanicThreshold=fields.integer("healthy_panic_threshold", 50, 0, 100),
     )
 
 

@@ -114,7 +114,7 @@ class HashPolicyConfig:
     @ivar name: the header's or the cookie's name (lower case for a header).
     @ivar path: the generated cookie's C{Path}.
     @ivar ttl: for a cookie: when set and the request has none, one is generated with this lifetime in
-        seconds (a sticky session); L{None}: never generate.
+        seconds (a sticky session; under a second, a session cookie, as in Envoy); L{None}: never generate.
     """
 
     kind: str

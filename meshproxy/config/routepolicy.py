@@ -96,7 +96,7 @@ def parseHashPolicy(fields: Fields) -> tuple[HashPolicyConfig, ...]:
                     cookie.problem("path", f"{describe(path)} is not a path: expected a path starting with '/'")
                 if name:
                     policies.append(HashPolicyConfig(
-                        kind="cookie", name=name, path=path, ttl=cookie.duration("ttl", None, zeroIsNone=True),
+                        kind="cookie", name=name, path=path, ttl=cookie.duration("ttl", None),
                     ))
         else:
             policy.object("source_ip", HASH_SOURCE_KEYS)

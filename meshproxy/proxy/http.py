@@ -10,6 +10,7 @@ A 101 answer to an Upgrade switches both sides to a raw relay.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -49,6 +50,7 @@ from meshproxy.proxy.forward import (
     clientRequestId,
     upstreamRequestFields,
 )
+from meshproxy.routing.hashpolicy import hashKey
 from meshproxy.routing.table import RouteTable, splitTarget
 from meshproxy.stats import StatsStore
 
@@ -73,8 +75,10 @@ class HTTPProxyFilter:
         stats: StatsStore,
         listenerName: str,
         settings: HTTPSettings | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self.rng = rng or random.Random()
         self.routes = routes
         self.clusters = clusters
         self.pools = pools
@@ -128,9 +132,35 @@ class HTTPServerConnection(Protocol):
         self._clientIP = client[0].encode() if client is not None else b"unix"
         self._rx = downstream.bytesReceived
         self._tx = downstream.bytesSent
+        self._admitted = False
+        self._retryAdmitted = False
+        self._activeHost: UpstreamHost | None = None
+        self._backoff: Any = None
         self._resetExchange()
 
+    def _settle(self) -> None:
+        """
+        Give back what the exchange held: its place in the cluster's request and retry limits, its
+        count on the host, a pending retry back-off.
+        """
+        host = self._activeHost
+        if host is not None:
+            self._activeHost = None
+            host.activeRequests -= 1
+        if self._admitted:
+            self._admitted = False
+            self.cluster.requestDone()
+        if self._retryAdmitted:
+            self._retryAdmitted = False
+            self.cluster.retryDone()
+        if self._backoff is not None:
+            if self._backoff.active():
+                self._backoff.cancel()
+            self._backoff = None
+
     def _resetExchange(self) -> None:
+        if self._admitted or self._activeHost is not None or self._retryAdmitted or self._backoff is not None:
+            self._settle()
         self.head: RequestHead | None = None
         self.route: Any = None
         self.cluster: Any = None
@@ -164,6 +194,9 @@ class HTTPServerConnection(Protocol):
         self._reused = False
         self._upstreamFields: list[tuple[bytes, bytes]] = []
         self._upstreamTarget = b""
+        self._hashKey: int | None = None
+        self._setCookie: bytes | None = None
+        self._metadata: tuple[tuple[str, str], ...] = ()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -234,6 +267,7 @@ class HTTPServerConnection(Protocol):
             upstream.close()
         elif previous == self.UPSTREAM and self.cluster is not None:
             self.filter.pools.get(self.cluster).cancel(self)
+        self._settle()
         if self.head is not None:
             self.stats.active.value -= 1
             if self.downstream.accessLog:
@@ -359,10 +393,19 @@ class HTTPServerConnection(Protocol):
             self._localReply(404, "no_cluster_header")
             return
         try:
-            self.cluster = self.filter.clusters.get(clusterName)
+            cluster = self.cluster = self.filter.clusters.get(clusterName)
         except KeyError:
             self._localReply(503, "cluster_not_found")
             return
+        if not cluster.admitRequest():
+            self._localReply(503, "upstream_overflow")
+            return
+        self._admitted = True
+        if route.hashPolicy:
+            clientIP = self._clientIP if self.downstream.clientAddress is not None else None
+            self._hashKey, self._setCookie = hashKey(route.hashPolicy, head.headers, clientIP, self.filter.rng)
+        if cluster.config.subsets is not None:
+            self._metadata = route.metadataFor(clusterName)
         upstreamTarget = route.rewriteTarget(target)
         upstreamHost = route.hostRewrite or host or b""
         framing: tuple[bytes, bytes] | None = None
@@ -395,7 +438,7 @@ class HTTPServerConnection(Protocol):
 
     def _dispatch(self, fresh: bool = False) -> None:
         cluster = self.cluster
-        host = cluster.chooseHost(exclude=self._tried)
+        host = cluster.chooseHost(self._tried, self._hashKey, self._metadata)
         if host is None:
             if self._tried:
                 self._localReply(502, self._lastFailure or "upstream_connect_failed")
@@ -416,6 +459,13 @@ class HTTPServerConnection(Protocol):
         assert self.head is not None
         self.upstream = upstream
         self._reused = reused
+        host = upstream.host
+        if self._activeHost is not host:
+            if self._activeHost is not None:
+                self._activeHost.activeRequests -= 1
+            self._activeHost = host
+            host.activeRequests += 1
+            host.requestsTotal.value += 1
         head = self.head
         fields = self._upstreamFields
         if self.route.autoHostRewrite:
@@ -579,7 +629,9 @@ class HTTPServerConnection(Protocol):
             self._localReply(408, "request_header_timeout", close=True)
         elif kind == "response":
             self._abortUpstream()
-            if self.retryAllowed():
+            if self.host is not None:
+                self.cluster.hostFailed(self.host, "timeout")
+            if self.retryAllowed("timeout"):
                 self.retry("upstream_timeout")
                 return
             self._localReply(504, "upstream_timeout", close=not self._requestDone)

@@ -33,8 +33,13 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         conn._abortUpstream()
         conn._localReply(502, "upstream_protocol_error", close=not conn._requestDone)
         return
-    policy = conn.route.retryPolicy
-    if policy is not None and status in policy.statusCodes and conn.retryAllowed():
+    if status >= 200 or status == 101:
+        host = conn.host
+        if 502 <= status <= 504:
+            conn.cluster.hostFailed(host, "status_5xx")
+        else:
+            conn.cluster.hostSucceeded(host)
+    if status >= 500 and conn.route.retryPolicy is not None and conn.retryAllowed("status", status):
         # A status the route retries: drop this answer and its connection, try again.
         conn._abortUpstream()
         conn.retry("upstream_status_%d" % status)
@@ -83,6 +88,8 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         head, route.responseHeadersToRemove, adds, conn._variables() if adds else {}, framing, connection,
         upgrade=status == 101,
     )
+    if conn._setCookie is not None:
+        fields.append((b"Set-Cookie", conn._setCookie))
     headBytes = serializeResponseHead(status, head.reason or reasonPhrase(status), fields)
     conn.stats.responded(status)
     if hasBody:
@@ -162,14 +169,17 @@ def upstreamFailed(conn: HTTPServerConnection, reason: str, responseStarted: boo
         and not conn._requestHasBody
         and len(conn._tried) <= conn.settings.maxConnectRetries
     ):
-        # A pooled connection the host had already closed: retry once on a fresh one.
+        # A pooled connection the host had already closed: retry once on a fresh one.  Not the
+        # host's fault, so not an outlier failure.
         conn.stats.retries.inc()
         conn._tried.pop()
         conn._reused = False
         assert conn.host is not None
         conn.filter.pools.get(conn.cluster).acquire(conn.host, conn, True)
         return
-    if conn.retryAllowed():
+    if conn.host is not None:
+        conn.cluster.hostFailed(conn.host, "reset")
+    if conn.retryAllowed("reset"):
         conn.retry(reason)
         return
     if upstream is not None and conn._requestHasBody and not conn._requestDone:
@@ -188,6 +198,7 @@ def upstreamUpgraded(conn: HTTPServerConnection, leftover: bytes) -> None:
     if conn.downstream.accessLog:
         conn._logAccess()
     conn.head = None
+    conn._settle()
     startTunnel(conn, upstream, clientBytes, leftover, conn.clock, conn.settings.tunnelIdleTimeout)
 
 
@@ -201,32 +212,71 @@ def tryTimeout(conn: HTTPServerConnection) -> float:
         return float(policy.retryTimeout)
     return float(conn.route.timeout)
 
-def retryAllowed(conn: HTTPServerConnection) -> bool:
+#: Which of the policy's conditions retry each kind of failure (Envoy's meanings: C{5xx} and
+#: C{gateway-error} include an upstream that resets or does not answer in time; MOSN's
+#: C{retry_on: true} is C{reset} with its C{status_codes}).
+_RETRIED_BY = {
+    "reset": frozenset(("reset", "5xx", "gateway-error")),
+    "timeout": frozenset(("reset", "5xx", "gateway-error")),
+}
+
+
+def retryAllowed(conn: HTTPServerConnection, kind: str, status: int = 0) -> bool:
     """
-    Whether the route's C{retry_policy} allows sending this request again now: retries left,
-    and the request idempotent, without a body, and not yet answered.
+    Whether the route's C{retry_policy} retries this failure (C{kind} C{"reset"}, C{"timeout"} or
+    C{"status"} with C{status}) now: the condition is in the policy, retries are left, and the
+    request is idempotent, without a body, and not yet answered.
     """
     policy = conn.route.retryPolicy if conn.route is not None else None
     head = conn.head
-    return (
-        policy is not None
-        and policy.retryOn
-        and conn._retries < policy.numRetries
-        and head is not None
-        and head.method in IDEMPOTENT
-        and not conn._requestHasBody
-        and not conn._responseStarted
-    )
+    if (
+        policy is None
+        or not policy.retryOn
+        or conn._retries >= policy.numRetries
+        or head is None
+        or head.method not in IDEMPOTENT
+        or conn._requestHasBody
+        or conn._responseStarted
+    ):
+        return False
+    conditions = policy.conditions
+    if kind == "status":
+        return (
+            ("retriable-status-codes" in conditions and status in policy.statusCodes)
+            or ("5xx" in conditions and status >= 500)
+            or ("gateway-error" in conditions and 502 <= status <= 504)
+        )
+    return not conditions.isdisjoint(_RETRIED_BY[kind])
+
 
 def retry(conn: HTTPServerConnection, reason: str) -> None:
     """
-    Send the request again, to a host not tried yet when there is one.
+    Send the request again after the policy's back-off, to a host not tried yet when there is one,
+    unless the cluster's C{max_retries} are already in flight (then the failure is answered).
     """
+    cluster = conn.cluster
+    if not conn._retryAdmitted:
+        if not cluster.admitRetry():
+            conn._localReply(503 if reason.startswith("upstream_status_") else 502, "upstream_retry_overflow")
+            return
+        conn._retryAdmitted = True
     conn._retries += 1
     conn._lastFailure = reason
     conn.stats.retries.inc()
     conn.upstream = None
     conn.state = conn.UPSTREAM
-    if all(host in conn._tried for host in conn.cluster.hosts):
+    if all(host in conn._tried for host in cluster.hosts):
         conn._tried = []
-    conn._dispatch()
+    policy = conn.route.retryPolicy
+    ceiling = min(policy.backoffMax, policy.backoffBase * (2 ** (conn._retries - 1)))
+    delay = conn.filter.rng.uniform(0, ceiling) if ceiling > 0 else 0.0
+    if delay <= 0:
+        conn._dispatch()
+        return
+    conn._backoff = conn.clock.callLater(delay, _backedOff, conn)
+
+
+def _backedOff(conn: HTTPServerConnection) -> None:
+    conn._backoff = None
+    if conn.state == conn.UPSTREAM and conn.upstream is None:
+        conn._dispatch()

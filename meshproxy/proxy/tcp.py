@@ -23,6 +23,7 @@ from meshproxy.cluster.cluster import Cluster, ClusterSet, UpstreamHost
 from meshproxy.config import TCPProxyConfig
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.proxy.directwrite import setNoDelay
+from meshproxy.routing.hashpolicy import hash64
 from meshproxy.routing.tcp import selectTCPCluster
 from meshproxy.stats import StatsStore
 
@@ -91,6 +92,8 @@ class TCPProxySession(Protocol):
         self._logged = False
         self._rx = downstream.bytesReceived
         self.tx = downstream.bytesSent
+        self._admitted = False
+        self._hostActive = False
 
     # -- downstream (client) side --------------------------------------------------------------
 
@@ -103,7 +106,11 @@ class TCPProxySession(Protocol):
             self.filter.noRoute.inc()
             self._fail("no_route")
             return
-        self.cluster = self.filter.clusters.get(name)
+        cluster = self.cluster = self.filter.clusters.get(name)
+        if not cluster.admitRequest():
+            self._fail("upstream_overflow")
+            return
+        self._admitted = True
         self._attempt()
 
     def dataReceived(self, data: bytes) -> None:
@@ -145,6 +152,9 @@ class TCPProxySession(Protocol):
         if self.upstream is not None and not self._upstreamDone:
             self.upstream.transport.loseConnection()  # type: ignore[union-attr]
             self._armCloseTimer()
+        if self._admitted:
+            self._admitted = False
+            self.cluster.requestDone()  # type: ignore[union-attr]
         self.downstream.closed()
         self._maybeLog()
 
@@ -153,7 +163,10 @@ class TCPProxySession(Protocol):
     def _attempt(self) -> None:
         cluster = self.cluster
         assert cluster is not None
-        host = cluster.chooseHost(exclude=self._tried)
+        key = None
+        if cluster.config.lbType == "LB_MAGLEV" and self.downstream.clientAddress is not None:
+            key = hash64(self.downstream.clientAddress[0].encode())  # source-IP affinity, as Envoy's tcp_proxy
+        host = cluster.chooseHost(self._tried, key)
         if host is None:
             self._fail("no_healthy_host" if not self._tried else "connect_failed")
             return
@@ -166,11 +179,16 @@ class TCPProxySession(Protocol):
         """
         self._connector = None
         assert self.cluster is not None
-        self.cluster.connectionOpened(upstream.host)
+        host = upstream.host
+        self.cluster.connectionOpened(host)
+        self.cluster.hostSucceeded(host)
         self._upstreamDone = False
         if self.state == self.CLOSED:
             upstream.transport.loseConnection()  # type: ignore[union-attr]
             return
+        host.activeRequests += 1
+        host.requestsTotal.value += 1
+        self._hostActive = True
         self.state = self.RELAYING
         self.upstream = upstream
         self.host = upstream.host
@@ -228,6 +246,9 @@ class TCPProxySession(Protocol):
         """
         assert self.cluster is not None
         self.cluster.connectionClosed(upstream.host)
+        if self._hostActive:
+            self._hostActive = False
+            upstream.host.activeRequests -= 1
         self._upstreamDone = True
         if self.closeReason is None:
             self.closeReason = "upstream_close"

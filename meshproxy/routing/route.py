@@ -24,6 +24,7 @@ from typing import Sequence
 
 from meshproxy.config.routemodel import (
     DirectResponseActionConfig,
+    HashPolicyConfig,
     RedirectActionConfig,
     RetryPolicyConfig,
     RouteActionConfig,
@@ -172,6 +173,9 @@ class Route:
         "autoHostRewrite",
         "timeout",
         "retryPolicy",
+        "hashPolicy",
+        "metadataMatch",
+        "_clusterMetadata",
         "status",
         "body",
         "headerEdits",
@@ -220,6 +224,9 @@ class Route:
         self.autoHostRewrite = False
         self.timeout = 0.0
         self.retryPolicy: RetryPolicyConfig | None = None
+        self.hashPolicy: tuple[HashPolicyConfig, ...] = ()
+        self.metadataMatch: tuple[tuple[str, str], ...] = ()
+        self._clusterMetadata: dict[str, tuple[tuple[str, str], ...]] = {}
         self.status = 0
         self.body = b""
         self._clusterMode: int | None = None
@@ -295,6 +302,14 @@ class Route:
         self.autoHostRewrite = action.autoHostRewrite
         self.timeout = action.timeout
         self.retryPolicy = action.retryPolicy
+        self.hashPolicy = action.hashPolicy
+        self.metadataMatch = action.metadataMatch
+        for weighted in action.weightedClusters:
+            if weighted.metadataMatch:
+                # Envoy's rule: the weighted cluster's labels override the route's.
+                merged = dict(action.metadataMatch)
+                merged.update(weighted.metadataMatch)
+                self._clusterMetadata[weighted.name] = tuple(sorted(merged.items()))
         if action.prefixRewrite is not None:
             self._rewrite = action.prefixRewrite.encode("utf-8")
             if self.matchKind in (MATCH_PATH, MATCH_REGEX):
@@ -327,6 +342,13 @@ class Route:
             value = headerValue(headers, self.clusterHeader)  # type: ignore[arg-type]
             return value.decode("latin-1") if value else None
         return None
+
+    def metadataFor(self, cluster: str) -> tuple[tuple[str, str], ...]:
+        """
+        The subset labels a request sent to C{cluster} asks for (the route's C{metadata_match},
+        overridden by the weighted cluster's own).
+        """
+        return self._clusterMetadata.get(cluster, self.metadataMatch)
 
     def rewriteTarget(self, target: bytes) -> bytes:
         """
