@@ -8,7 +8,7 @@ implementation has a C{verifyObject} test.
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+from typing import Any, Collection, Sequence
 
 from twisted.internet.protocol import ClientFactory
 from zope.interface import Attribute, Interface
@@ -85,10 +85,33 @@ class ICluster(Interface):
     connectTimeout = Attribute("Seconds allowed to establish one upstream connection (C{float}).")
     bufferLimit = Attribute("Per-direction write buffer high watermark in bytes (C{int}).")
 
-    def chooseHost(exclude: Collection[object] = ()) -> IUpstreamHost | None:
+    def chooseHost(
+        exclude: Collection[object] = (), hashKey: int | None = None, metadataMatch: tuple[tuple[str, str], ...] = ()
+    ) -> IUpstreamHost | None:
         """
-        Pick a host with the cluster's load balancer, skipping those in C{exclude} and unhealthy
-        ones; C{None} when no host can be chosen.
+        Pick a host with the cluster's load balancer among its candidates (healthy hosts, or all in
+        panic mode; the subset C{metadataMatch} selects when the cluster has subsets), skipping those
+        in C{exclude}; C{hashKey} drives consistent hashing.  C{None} when no host can be chosen.
+        """
+
+    def admitRequest() -> bool:
+        """
+        Take a place among the cluster's C{max_requests} in flight; C{False} when none is free.
+        """
+
+    def requestDone() -> None:
+        """
+        Give back a place taken by L{admitRequest}.
+        """
+
+    def hostSucceeded(host: Any) -> None:
+        """
+        C{host} answered well (for outlier detection).
+        """
+
+    def hostFailed(host: Any, reason: str) -> None:
+        """
+        C{host} failed: C{"connect_failure"}, C{"reset"}, C{"timeout"} or C{"status_5xx"}.
         """
 
     def connect(host: IUpstreamHost, factory: ClientFactory) -> object:
