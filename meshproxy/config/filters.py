@@ -76,6 +76,8 @@ PROXY_KEYS = KeySpec(
         "max_headers",
         "max_uri_size",
         "tunnel_idle_timeout",
+        # meshproxy extension: requests no static route matches are looked up in the router registry
+        "use_router_registry",
     ),
     unsupported={
         "router_handler_name": tolerateValues(""),
@@ -263,6 +265,7 @@ def _httpProxy(fields: Fields, context: ChainContext) -> HTTPProxyConfig:
         maxHeaders=fields.integer("max_headers", 100, 1, 10000),
         maxURISize=fields.integer("max_uri_size", 8192, 64, 1 << 20),
         tunnelIdleTimeout=fields.duration("tunnel_idle_timeout", 3600.0, zeroIsNone=True),
+        useRouterRegistry=fields.boolean("use_router_registry"),
     )
 
 

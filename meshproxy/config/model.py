@@ -23,6 +23,7 @@ from meshproxy.config.clustermodel import (
     ClusterConfig,
     HostConfig,
 )
+from meshproxy.config.registry import RouterRegistryConfig
 from meshproxy.config.routemodel import RouterConfig
 from meshproxy.config.tlsmodel import TLSContextConfig
 
@@ -169,6 +170,8 @@ class HTTPProxyConfig:
     maxHeaders: int = 100
     maxURISize: int = 8192
     tunnelIdleTimeout: float | None = 3600.0
+    #: meshproxy extension: requests that no static route matches go to the router registry's routes.
+    useRouterRegistry: bool = False
 
 
 NetworkFilterConfig = Union[TCPProxyConfig, HTTPProxyConfig]
@@ -248,6 +251,7 @@ class Config:
     servers: tuple[ServerConfig, ...]
     clusters: tuple[ClusterConfig, ...] = ()
     admin: AdminConfig = AdminConfig()
+    routerRegistry: RouterRegistryConfig | None = None
 
     def cluster(self, name: str) -> ClusterConfig | None:
         """

@@ -22,10 +22,12 @@ from meshproxy.config.errors import Problems
 from meshproxy.config.jsonvalues import didYouMean, loadJSON
 from meshproxy.config.listeners import parseServers
 from meshproxy.config.model import DEFAULT_ADMIN_ENDPOINT, AdminConfig, Config
-from meshproxy.config.reader import Fields, KeySpec, readObject, tolerateEmpty, tolerateValues
+from meshproxy.config.registry import parseRouterRegistry
+from meshproxy.config.reader import Fields, KeySpec, objectPairs, readObject, tolerateEmpty, tolerateValues
 
 TOP_LEVEL_KEYS = KeySpec(
-    known=("servers", "cluster_manager", "admin"),
+    # router_registry: meshproxy extension (gorouter-compatible route registration over NATS)
+    known=("servers", "cluster_manager", "admin", "router_registry"),
     unsupported={
         "disable_upgrade": tolerateValues(True),
         "inherit_old_mosnconfig": tolerateValues(False),
@@ -85,8 +87,33 @@ def parseConfigObject(document: Any) -> Config:
 
     servers = parseServers(top.items("servers", required=True, nonEmpty=True), problems, checkCluster)
     admin = _admin(top.object("admin", ADMIN_KEYS))
+    registry = parseRouterRegistry(top)
+    if registry is None:
+        _registryUsers(top, problems)
     problems.raiseIfAny()
-    return Config(servers=servers, clusters=clusters, admin=admin)
+    return Config(servers=servers, clusters=clusters, admin=admin, routerRegistry=registry)
+
+
+def _registryUsers(top: Fields, problems: Problems) -> None:
+    """
+    A C{proxy} filter with C{use_router_registry} needs the top-level C{router_registry}.
+    """
+    def get(value: Any, key: str) -> Any:
+        pairs = objectPairs(value)
+        return dict(pairs).get(key) if pairs is not None else None
+
+    def elements(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    for i, server in enumerate(elements(top.raw("servers"))):
+        for j, listener in enumerate(elements(get(server, "listeners"))):
+            for k, chain in enumerate(elements(get(listener, "filter_chains"))):
+                for m, network in enumerate(elements(get(chain, "filters"))):
+                    if get(get(network, "config"), "use_router_registry") is True:
+                        problems.add(
+                            f"servers[{i}].listeners[{j}].filter_chains[{k}].filters[{m}].config.use_router_registry",
+                            "needs the top-level 'router_registry' section (NATS servers and the registry's settings)",
+                        )
 
 
 def _admin(fields: Fields | None) -> AdminConfig:
