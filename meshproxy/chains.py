@@ -6,6 +6,11 @@ the longest wildcard suffix, then chains that name none); then a chain that name
 protocols (meshproxy's extension: C{http1} is more specific than every plaintext connection); then
 one that names the transport; then one that names ALPN protocols; remaining ties go to the chain
 listed first.  A criterion a chain sets must hold.
+
+A chain that terminates TLS takes only TLS connections, as if it named the C{tls} transport.  Its
+C{protocols} criterion (and which of its network filters accepts what) describes the decrypted
+stream, so the sniff of the ClientHello does not check it; L{innerProtocolAllowed} does, once the
+decrypted stream has been sniffed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class _Match(Protocol):
 class _Chain(Protocol):
     @property
     def match(self) -> _Match: ...
+
+    @property
+    def terminatesTLS(self) -> bool: ...
 
     def acceptsProtocol(self, protocol: str) -> bool: ...
 
@@ -73,21 +81,25 @@ def chainScore(chain: _Chain, verdict: _Verdict) -> tuple[int, int, int, int] | 
     """
     match = chain.match
     transport = "tls" if verdict.protocol == "tls" else "raw_buffer"
+    terminates = chain.terminatesTLS
     if match.transportProtocol is not None and match.transportProtocol != transport:
+        return None
+    if terminates and transport != "tls":
         return None
     names = serverNameScore(match.serverNames, verdict.serverName)
     if names < 0:
         return None
     if match.applicationProtocols and not set(match.applicationProtocols) & set(verdict.alpn):
         return None
-    if match.protocols and verdict.protocol not in match.protocols:
-        return None
-    if not match.protocols and not chain.acceptsProtocol(verdict.protocol):
-        return None
+    if not terminates:
+        if match.protocols and verdict.protocol not in match.protocols:
+            return None
+        if not match.protocols and not chain.acceptsProtocol(verdict.protocol):
+            return None
     return (
         names,
         bool(match.protocols),
-        match.transportProtocol is not None,
+        match.transportProtocol is not None or terminates,
         bool(match.applicationProtocols),
     )
 
@@ -103,3 +115,12 @@ def selectChain(chains: Sequence[C], verdict: _Verdict) -> C | None:
         if score is not None and (bestScore is None or score > bestScore):
             best, bestScore = chain, score
     return best
+
+
+def innerProtocolAllowed(chain: _Chain, protocol: str) -> bool:
+    """
+    Whether a chain that terminated TLS may serve a decrypted stream sniffed as C{protocol}: its
+    C{protocols} criterion, when it has one, must name it.
+    """
+    protocols = chain.match.protocols
+    return not protocols or protocol in protocols

@@ -29,9 +29,25 @@ class IDownstreamConnection(Interface):
         "else the peer address; C{None} for a unix socket peer."
     )
     localAddress = Attribute("The C{(host, port)} the client connected to (or the PROXY header's destination).")
-    protocol = Attribute("The sniffed protocol: C{'tls'}, C{'http1'}, C{'http2'} or C{'raw'}.")
+    protocol = Attribute(
+        "The sniffed protocol: C{'tls'}, C{'http1'}, C{'http2'} or C{'raw'}; when the chain terminates TLS, "
+        "the decrypted stream's (so never C{'tls'} then)."
+    )
     serverName = Attribute("The TLS SNI host name, or C{None}.")
     alpn = Attribute("The ALPN protocols the client offered, a tuple of C{str}.")
+    tls = Attribute("C{True} when meshproxy terminated TLS on this connection (C{False} for passthrough).")
+    tlsVersion = Attribute("The negotiated TLS version (C{'TLSv1.2'}, C{'TLSv1.3'}), or C{None}.")
+    tlsCipher = Attribute("The negotiated cipher suite, OpenSSL's name (C{'TLS_AES_128_GCM_SHA256'}), or C{None}.")
+    tlsALPN = Attribute("The negotiated ALPN protocol (C{'http/1.1'}), or C{None}.")
+    peerCertificateSubject = Attribute(
+        "The verified client certificate's subject, RFC 4514 (C{'O=Example,CN=client'}), or C{None} without mTLS."
+    )
+    peerCertificateURIs = Attribute("The verified client certificate's SAN URIs (SPIFFE IDs), a tuple of C{str}.")
+    peerCertificateDNSNames = Attribute("The verified client certificate's SAN DNS names, a tuple of C{str}.")
+    peerCertificateHash = Attribute(
+        "The SHA-256 of the verified client certificate's DER form, lower-case hex (XFCC's C{Hash}), or C{None}."
+    )
+    peerCertificatePEM = Attribute("The verified client certificate in PEM (C{bytes}), or C{None}.")
     acceptedAt = Attribute("When the connection was accepted, in the listener clock's seconds.")
     bytesReceived = Attribute("The listener's counter of bytes received from clients (L{meshproxy.stats.Counter}).")
     bytesSent = Attribute("The listener's counter of bytes sent to clients (L{meshproxy.stats.Counter}).")

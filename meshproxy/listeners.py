@@ -40,6 +40,9 @@ def _address(address: Any) -> tuple[str, int] | None:
 class DownstreamConnection:
     """
     What is known about one accepted connection; shared by the sniffer and the network filter.
+
+    When a filter chain terminates TLS, the TLS facts are filled in once the handshake completes and
+    C{protocol} becomes the decrypted stream's (C{http1}, C{raw}, ...).
     """
 
     def __init__(self, listener: ListenerFactory, transport: Any, acceptedAt: float) -> None:
@@ -52,6 +55,15 @@ class DownstreamConnection:
         self.protocol = ""
         self.serverName: str | None = None
         self.alpn: tuple[str, ...] = ()
+        self.tls = False
+        self.tlsVersion: str | None = None
+        self.tlsCipher: str | None = None
+        self.tlsALPN: str | None = None
+        self.peerCertificateSubject: str | None = None
+        self.peerCertificateURIs: tuple[str, ...] = ()
+        self.peerCertificateDNSNames: tuple[str, ...] = ()
+        self.peerCertificateHash: str | None = None
+        self.peerCertificatePEM: bytes | None = None
         self.acceptedAt = acceptedAt
         self.proxyHeader: object = None
         self.isClosed = False
@@ -92,13 +104,28 @@ class FilterChainRuntime:
 
     A chain of C{[proxy (fallback_for_unknown_protocol), tcp_proxy]} sends HTTP to the first and
     everything else to the second, as MOSN's fallback does.
+
+    @ivar tls: the chain's TLS termination (a L{meshproxy.tls.ChainTLS}, built from its certificates
+        by L{meshproxy.tls.loadListenerTLS}), or L{None} for a chain that does not terminate TLS.
     """
 
-    def __init__(self, config: FilterChainConfig, filters: Sequence[INetworkFilterFactory]) -> None:
+    def __init__(
+        self, config: FilterChainConfig, filters: Sequence[INetworkFilterFactory], tls: Any = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self.match = config.match
         self.filters = tuple(filters)
+        if config.tls is not None and tls is None:
+            raise ValueError(f"filter chain {config.name!r} terminates TLS: build its TLS with loadListenerTLS")
+        self.tls = tls
+
+    @property
+    def terminatesTLS(self) -> bool:
+        """
+        Whether this chain decrypts TLS (and so takes only TLS connections).
+        """
+        return self.tls is not None
 
     def acceptsProtocol(self, protocol: str) -> bool:
         """

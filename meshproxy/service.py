@@ -31,6 +31,7 @@ from meshproxy.proxy.tcp import TCPProxyFilter
 from meshproxy.proxy.upstream import dialerFor
 from meshproxy.routing.table import RouteTable, RouteTables, routerProblems
 from meshproxy.stats import StatsStore
+from meshproxy.tls import checkListenerTLS, loadListenerTLS
 
 # MOSN's stage numbers, as /api/v1/states reports them.
 STATE_RUNNING = 6
@@ -47,7 +48,9 @@ def loadConfigFile(path: str) -> Config:
     except OSError as e:
         raise ConfigError((Problem("$", f"cannot read config file {path!r}: {e.strerror}"),)) from e
     config = parseConfig(data)
-    problems = runtimeProblems(config)
+    # Certificates and keys are read here too, so check-config and start-up report a broken file
+    # by its JSON path; the service reads them again when it builds its contexts.
+    problems = runtimeProblems(config) + checkListenerTLS(config)
     if problems:
         raise ConfigError(problems)
     return config
@@ -157,10 +160,14 @@ class MeshProxyService(MultiService):
                 key = name if len(config.servers) == 1 else f"{server.name}/{name}"
                 self.routeTables[key] = builder.tables[(i, name)] = table
         listeners = [(i, server, lc) for i, server in enumerate(config.servers) for lc in server.listeners]
+        # Certificates are read here, once: a broken file is a ConfigError naming it and its JSON path.
+        self.chainTLS = loadListenerTLS(config, reactor, self.stats)
         for serverIndex, server, listenerConfig in listeners:
             chains = [
                 FilterChainRuntime(
-                    chain, [builder.build(f, serverIndex, server, listenerConfig.name) for f in chain.filters]
+                    chain,
+                    [builder.build(f, serverIndex, server, listenerConfig.name) for f in chain.filters],
+                    self.chainTLS.get((listenerConfig.name, chain.name)),
                 )
                 for chain in listenerConfig.filterChains
             ]

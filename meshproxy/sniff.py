@@ -6,6 +6,10 @@ a PROXY protocol header when the listener expects one, classifies the rest with 
 L{meshproxy.classify.classify}, picks a filter chain, then installs the chain's protocol on the
 transport and replays the buffered bytes into it.  After the hand-off it is out of the data path
 entirely: the transport calls the new protocol directly.
+
+A chain that terminates TLS gives a TLS protocol instead (L{meshproxy.tls.ChainTLS.buildProtocol}),
+which handshakes with the replayed ClientHello and sniffs the decrypted stream again.  A TLS client
+for which no chain exists gets a fatal C{unrecognized_name} alert before the connection closes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from meshproxy.proxyproto import ProxyHeader, parseProxyHeader
 
 _V1_SIGNATURE = b"PROXY "
 _V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+#: A fatal TLS alert record, C{unrecognized_name} (112): sent to a TLS client that asked for a name
+#: nothing on the listener serves.  The record version is TLS 1.0's, which every client accepts
+#: before a version is negotiated.
+UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x01\x00\x02\x02\x70"
 
 
 def couldBeProxyHeader(data: bytes) -> bool:
@@ -45,6 +54,16 @@ def switchProtocol(transport: Any, old: object, new: object) -> None:
         transport.wrappedProtocol = new
     elif getattr(transport, "protocol", None) is old:
         transport.protocol = new
+
+
+def handOff(transport: Any, old: object, new: Any, buffered: bytes) -> None:
+    """
+    Give C{transport} to C{new} (in place of C{old}), connect it, and replay the C{buffered} bytes.
+    """
+    switchProtocol(transport, old, new)
+    new.makeConnection(transport)
+    if buffered:
+        new.dataReceived(buffered)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -157,16 +176,18 @@ class SniffingProtocol(Protocol):
         chain = self.listener.chooseChain(verdict, self.downstream)
         if chain is None:
             self.state = self.CLOSED
+            if verdict.clientHello is not None:
+                self.transport.write(UNRECOGNIZED_NAME_ALERT)  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        protocol = chain.buildProtocol(self.downstream)
+        if chain.tls is not None and verdict.protocol == "tls":
+            protocol = chain.tls.buildProtocol(chain, self.listener, self.downstream, verdict.serverName)
+        else:
+            protocol = chain.buildProtocol(self.downstream)
         transport = self.transport
-        switchProtocol(transport, self, protocol)
         self.state = self.HANDED_OFF
         buffer, self._buffer = self._buffer, b""
-        protocol.makeConnection(transport)
-        if buffer:
-            protocol.dataReceived(buffer)
+        handOff(transport, self, protocol, buffer)
         if self._eof and not self.downstream.isClosed:
             halfCloseable = IHalfCloseableProtocol(protocol, None)
             if halfCloseable is not None:

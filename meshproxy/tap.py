@@ -38,8 +38,8 @@ def makeService(options: Options) -> IService:
     path = options["config"]
     try:
         config = loadConfigFile(path)
+        return MeshProxyService(config, reactor, configPath=path, installSignalHandlers=True)
     except ConfigError as e:
         sys.stderr.write(f"meshproxy: {path}: invalid configuration:\n{e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
-    return MeshProxyService(config, reactor, configPath=path, installSignalHandlers=True)

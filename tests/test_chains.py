@@ -7,7 +7,7 @@ from __future__ import annotations
 import attr
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.chains import selectChain, serverNameScore
+from meshproxy.chains import innerProtocolAllowed, selectChain, serverNameScore
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -23,6 +23,7 @@ class Chain:
     name: str
     match: Match = Match()
     accepts: tuple[str, ...] = ("tls", "http1", "http2", "raw")
+    terminatesTLS: bool = False
 
     def acceptsProtocol(self, protocol: str) -> bool:
         return protocol in self.accepts
@@ -116,3 +117,44 @@ class SelectChainTests(SynchronousTestCase):
         """
         first, second = Chain("first"), Chain("second")
         self.assertIs(selectChain([first, second], Verdict("raw")), first)
+
+
+class TerminatingChainTests(SynchronousTestCase):
+    """
+    Chains that terminate TLS: TLS only, C{protocols} and filters judged after decryption.
+    """
+
+    def test_onlyTLS(self) -> None:
+        """
+        A terminating chain never takes a plaintext connection; it wins TLS over an unmatched
+        passthrough chain, as if it named the C{tls} transport.
+        """
+        terminating = Chain("terminating", terminatesTLS=True)
+        plain = Chain("plain")
+        for chains in ([terminating, plain], [plain, terminating]):
+            self.assertIs(selectChain(chains, Verdict("tls", "a.example.com")), terminating)
+            self.assertIs(selectChain(chains, Verdict("http1")), plain)
+            self.assertIs(selectChain(chains, Verdict("raw")), plain)
+        self.assertIsNone(selectChain([terminating], Verdict("http1")))
+
+    def test_serverNamesStillFirst(self) -> None:
+        """
+        A passthrough chain naming the server beats a terminating chain that names none.
+        """
+        terminating = Chain("terminating", terminatesTLS=True)
+        passthrough = Chain("passthrough", Match(serverNames=("b.example.com",)))
+        self.assertIs(selectChain([terminating, passthrough], Verdict("tls", "b.example.com")), passthrough)
+        self.assertIs(selectChain([terminating, passthrough], Verdict("tls", "a.example.com")), terminating)
+
+    def test_protocolsDeferred(self) -> None:
+        """
+        C{protocols} and the filters' accepted protocols describe the decrypted stream: a TLS
+        verdict is not held against them; L{innerProtocolAllowed} checks them afterwards.
+        """
+        httpOnly = Chain("http", Match(protocols=("http1",)), accepts=("http1",), terminatesTLS=True)
+        self.assertIs(selectChain([httpOnly], Verdict("tls", "a.example.com")), httpOnly)
+        self.assertTrue(innerProtocolAllowed(httpOnly, "http1"))
+        self.assertFalse(innerProtocolAllowed(httpOnly, "raw"))
+        self.assertTrue(innerProtocolAllowed(Chain("any", terminatesTLS=True), "raw"))
+        passthrough = Chain("passthrough", accepts=("http1",))
+        self.assertIsNone(selectChain([passthrough], Verdict("tls", "a.example.com")))

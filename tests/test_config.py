@@ -22,7 +22,7 @@ from meshproxy.config import (
     configDump,
     parseConfig,
 )
-from meshproxy.config import filters, listeners
+from meshproxy.config import filters
 from meshproxy.config.addresses import (
     AddressError,
     HostnameError,
@@ -751,34 +751,19 @@ class FilterChainTests(ConfigAssertions, SynchronousTestCase):
                 .tls
             )
 
-    def test_tlsTerminationNotSupportedYet(self) -> None:
-        """
-        C{status: true} is one error naming TLS termination; missing certificates are reported too.
-        """
-        context = {"status": True, "cert_chain": "cert.pem", "private_key": "key.pem"}
-        chain = {"tls_context": context, "filters": [tcpProxy()]}
-        self.assertEqual(
-            self.problems(document(listeners=[listener(filter_chains=[chain])])),
-            [(CHAIN + ".tls_context", "TLS termination is not supported yet")],
-        )
-        chain = {"tls_context": {"status": True, "min_version": "TLS1.2"}, "filters": [tcpProxy()]}
-        paths = [path for path, _ in self.problems(document(listeners=[listener(filter_chains=[chain])]))]
-        suffixes = ["cert_chain", "private_key", "min_version"]
-        self.assertEqual(paths, [f"{CHAIN}.tls_context.{key}" for key in suffixes] + [CHAIN + ".tls_context"])
-
     def test_tlsContextModel(self) -> None:
         """
-        The TLS model is parsed in full (for when termination is implemented).
+        The TLS model is parsed in full.
         """
-        self.patch(listeners, "TLS_TERMINATION_SUPPORTED", True)
         context = {
             "status": True,
             "server_name": "example.com",
             "cert_chain": "cert.pem",
             "private_key": "-----BEGIN PRIVATE KEY-----\nsecret",
             "verify_client": True,
+            "ca_cert": "ca.pem",
             "min_version": "tlsv1_2",
-            "alpn": "h2, http/1.1",
+            "alpn": "http/1.1",
         }
         chain = {"tls_context": context, "filters": [tcpProxy()]}
         tls = (
@@ -789,7 +774,7 @@ class FilterChainTests(ConfigAssertions, SynchronousTestCase):
             (tls.status, tls.serverName, tls.certChain, tls.verifyClient),
             (True, "example.com", "cert.pem", True),
         )
-        self.assertEqual((tls.minVersion, tls.maxVersion, tls.alpn), ("TLSv1_2", "", ("h2", "http/1.1")))
+        self.assertEqual((tls.minVersion, tls.maxVersion, tls.alpn), ("TLSv1_2", "", ("http/1.1",)))
 
 
 class NetworkFilterTests(ConfigAssertions, SynchronousTestCase):
@@ -1200,7 +1185,6 @@ class ConfigDumpTests(ConfigAssertions, SynchronousTestCase):
         """
         Defaults are filled in, filters carry their type, networks are strings, private keys are redacted.
         """
-        self.patch(listeners, "TLS_TERMINATION_SUPPORTED", True)
         tls = {"status": True, "cert_chain": "cert.pem", "private_key": "-----BEGIN PRIVATE KEY-----\nsecret"}
         route = {"cluster": "backend", "SourceAddrs": [{"Address": "10.0.0.0", "Length": 8}]}
         chain = {"tls_context": tls, "filters": [tcpProxy(routes=[route])]}

@@ -17,9 +17,10 @@ from zope.interface.verify import verifyObject
 
 from meshproxy.interfaces import IDownstreamConnection
 from meshproxy.listeners import FilterChainRuntime, ListenerFactory
-from meshproxy.sniff import SniffingProtocol, couldBeProxyHeader
+from meshproxy.sniff import UNRECOGNIZED_NAME_ALERT, SniffingProtocol, couldBeProxyHeader
 from meshproxy.stats import StatsStore
 from tests.support import HalfCloseTransport, makeConfig, tcpListener
+from tests.test_clienthello import pyOpenSSLHello
 
 
 @implementer(IHalfCloseableProtocol)
@@ -290,3 +291,43 @@ class ListenerBooksTests(SniffTestMixin, SynchronousTestCase):
         """
         self.setUpListener()
         self.successResultOf(self.listener.drain(30))
+
+
+class TLSWithoutChainTests(SniffTestMixin, SynchronousTestCase):
+    """
+    TLS clients that no chain serves, and chains whose TLS was not built.
+    """
+
+    def setUp(self) -> None:
+        self.setUpListener(filterAccepts=("http1", "raw"))
+
+    def test_clientHelloGetsAlert(self) -> None:
+        """
+        A complete ClientHello (here fed one byte at a time) that no chain takes is answered with a
+        fatal C{unrecognized_name} alert, then the connection closes.
+        """
+        sniffer, transport = self.connect()
+        self.feedBytewise(transport, pyOpenSSLHello(b"nobody.example.com"))
+        self.assertEqual(transport.value(), UNRECOGNIZED_NAME_ALERT)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.filter.built, [])
+        self.assertEqual(self.stats.value("sniff_no_chain_total", listener="l1"), 1)
+
+    def test_malformedTLSGetsNoAlert(self) -> None:
+        """
+        Bytes that merely start like TLS are closed without an alert.
+        """
+        sniffer, transport = self.connect()
+        transport.deliver(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_terminatingChainNeedsItsTLS(self) -> None:
+        """
+        A chain configured to terminate TLS cannot be run without its built TLS.
+        """
+        doc = {"status": True, "cert_chain": "/c.pem", "private_key": "/c.key"}
+        config = makeConfig(listeners=[tcpListener(filter_chains=[
+            {"tls_context": doc, "filters": [{"type": "tcp_proxy", "config": {"cluster": "backend"}}]}])])
+        error = self.assertRaises(ValueError, FilterChainRuntime, config.listeners[0].filterChains[0], [self.filter])
+        self.assertIn("loadListenerTLS", str(error))

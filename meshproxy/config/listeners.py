@@ -2,9 +2,13 @@
 Reading MOSN's C{servers[]}: each server's routers, listeners, listener filters and filter chains.
 
 meshproxy extensions, all optional: on a listener C{sniff_timeout} (duration), C{sniff_max_bytes}
-(512 to 1 MiB) and C{max_connections} (at least 1); in C{listener_filters} the C{proxy_protocol} type
-(Envoy's name); on a filter chain C{name} and C{filter_chain_match}, so one listener can hold several chains
-(MOSN allows exactly one).
+(512 to 1 MiB), C{max_connections} (at least 1) and C{tls_handshake_timeout} (duration, default 10s); in
+C{listener_filters} the C{proxy_protocol} type (Envoy's name); on a filter chain C{name} and
+C{filter_chain_match}, so one listener can hold several chains (MOSN allows exactly one).
+
+A chain's C{tls_context} or C{tls_context_set} (read by L{meshproxy.config.tls}) terminates TLS: such a
+chain takes only TLS connections (as if its C{transport_protocol} were C{tls}), and its C{protocols}
+criterion, if any, applies to the decrypted stream.
 
 Not-supported MOSN keys that are accepted anyway, because meshproxy behaves that way regardless:
 C{bind_port: true}; C{network: "tcp"} or C{"unix"} (unix makes the address a socket path);
@@ -16,7 +20,6 @@ holds).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from meshproxy.config.addresses import AddressError, listenerEndpoint
@@ -33,22 +36,20 @@ from meshproxy.config.model import (
     ListenerConfig,
     ProxyProtocolConfig,
     ServerConfig,
-    TLSContextConfig,
 )
 from meshproxy.config.reader import Fields, KeySpec, iterObjects, tolerateEmpty, tolerateValues
 from meshproxy.config.accesslogs import parseAccessLogs
 from meshproxy.config.routers import parseRouters
+from meshproxy.config.tls import SERVER_NAME, parseServerTLS
+from meshproxy.config.tlsmodel import DEFAULT_TLS_HANDSHAKE_TIMEOUT
 
-#: Whether filter chains may terminate TLS yet.  Until then a C{tls_context} with C{status: true} is
-#: parsed in full and then rejected with one error.
-TLS_TERMINATION_SUPPORTED = False
+#: Filter chains terminate TLS.  Kept (always true) for code and tests that check or patch it.
+TLS_TERMINATION_SUPPORTED = True
 
 LOG_LEVELS = ("FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE")
 LOG_PATHS = ("stdout", "stderr", "")
-TLS_VERSIONS = ("TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3")
 SNIFFED_PROTOCOLS = ("http1", "http2", "raw")
 TRANSPORT_PROTOCOLS = ("tls", "raw_buffer")
-_SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\Z")
 
 SERVER_KEYS = KeySpec(
     known=(
@@ -76,6 +77,7 @@ LISTENER_KEYS = KeySpec(
         "sniff_max_bytes",
         "max_connections",
         "access_logs",
+        "tls_handshake_timeout",
     ),
     unsupported={
         "bind_port": tolerateValues(True),
@@ -94,39 +96,11 @@ PROXY_PROTOCOL_KEYS = KeySpec(known=("allow_requests_without_proxy_protocol",))
 LISTENER_FILTERS = ("proxy_protocol",)
 UNSUPPORTED_LISTENER_FILTERS = ("original_dst",)
 FILTER_CHAIN_KEYS = KeySpec(
-    known=("name", "match", "filter_chain_match", "tls_context", "filters"),
-    unsupported={"tls_context_set": tolerateEmpty()},
+    known=("name", "match", "filter_chain_match", "tls_context", "tls_context_set", "filters")
 )
 FILTER_CHAIN_MATCH_KEYS = KeySpec(
     known=("server_names", "transport_protocol", "application_protocols", "protocols")
 )
-TLS_CONTEXT_KEYS = KeySpec(
-    known=(
-        "status",
-        "server_name",
-        "ca_cert",
-        "cert_chain",
-        "private_key",
-        "verify_client",
-        "require_client_cert",
-        "insecure_skip",
-        "cipher_suites",
-        "ecdh_curves",
-        "min_version",
-        "max_version",
-        "alpn",
-        "ticket",
-        "fall_back",
-    ),
-    unsupported={
-        "type": tolerateValues(""),
-        "extend_verify": tolerateEmpty(),
-        "callbacks": tolerateEmpty(),
-        "sds_source": tolerateEmpty(),
-    },
-)
-
-
 def parseServers(
     items: list[tuple[str, Any]], problems: Problems, checkCluster: Callable[[str, str], None]
 ) -> tuple[ServerConfig, ...]:
@@ -214,6 +188,10 @@ def _listener(
         except AddressError as e:
             fields.problem("address", str(e))
     name = fields.string("name", nonEmpty=True) or address
+    handshakeTimeout = (
+        fields.duration("tls_handshake_timeout", DEFAULT_TLS_HANDSHAKE_TIMEOUT, positive=True)
+        or DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    )
     chains = []
     matches: dict[tuple[Any, ...], str] = {}
     for index, (path, chain) in enumerate(
@@ -222,10 +200,10 @@ def _listener(
         )
     ):
         context = ChainContext(fields.problems, checkCluster, routerNames, name)
-        parsed = _filterChain(chain, f"{name}#{index}", context)
+        parsed = _filterChain(chain, f"{name}#{index}", context, handshakeTimeout)
         key = (
             frozenset(parsed.match.serverNames),
-            parsed.match.transportProtocol,
+            "tls" if parsed.tls is not None else parsed.match.transportProtocol,
             frozenset(parsed.match.applicationProtocols),
             frozenset(parsed.match.protocols),
         )
@@ -270,7 +248,9 @@ def _listenerFilters(fields: Fields) -> ProxyProtocolConfig | None:
     return result
 
 
-def _filterChain(fields: Fields, defaultName: str, context: ChainContext) -> FilterChainConfig:
+def _filterChain(
+    fields: Fields, defaultName: str, context: ChainContext, handshakeTimeout: float
+) -> FilterChainConfig:
     match = fields.string("match")
     if match:
         fields.problem(
@@ -278,10 +258,18 @@ def _filterChain(fields: Fields, defaultName: str, context: ChainContext) -> Fil
             f"{describe(match)}: MOSN's 'match' string is not supported: expected '' (see "
             "'filter_chain_match')",
         )
+    chainMatch = _chainMatch(fields.object("filter_chain_match", FILTER_CHAIN_MATCH_KEYS))
+    tls = parseServerTLS(fields, handshakeTimeout)
+    if tls is not None and chainMatch.transportProtocol == "raw_buffer":
+        fields.problem(
+            "tls_context_set" if tls.fromContextSet else "tls_context",
+            "a chain that terminates TLS takes only TLS connections: its transport_protocol cannot be "
+            "'raw_buffer'",
+        )
     return FilterChainConfig(
         name=fields.string("name", nonEmpty=True) or defaultName,
-        match=_chainMatch(fields.object("filter_chain_match", FILTER_CHAIN_MATCH_KEYS)),
-        tls=_tlsContext(fields.object("tls_context", TLS_CONTEXT_KEYS)),
+        match=chainMatch,
+        tls=tls,
         filters=parseNetworkFilters(fields, context),
     )
 
@@ -291,7 +279,7 @@ def _chainMatch(fields: Fields | None) -> FilterChainMatch:
         return FilterChainMatch()
     serverNames = []
     for path, name in fields.items("server_names"):
-        if isinstance(name, str) and _SERVER_NAME.match(name.lower()):
+        if isinstance(name, str) and SERVER_NAME.match(name.lower()):
             serverNames.append(name.lower())
         else:
             fields.problems.add(
@@ -325,46 +313,3 @@ def _chainMatch(fields: Fields | None) -> FilterChainMatch:
         applicationProtocols=alpn,
         protocols=protocols,
     )
-
-
-def _tlsContext(fields: Fields | None) -> TLSContextConfig | None:
-    """
-    A chain's C{tls_context}: L{None} unless C{status} is true (C{{}} means plaintext, as in MOSN).
-    """
-    if fields is None or not fields.boolean("status"):
-        return None
-    for key in ("cert_chain", "private_key"):
-        fields.string(key, required=True, nonEmpty=True)
-    alpn = fields.string("alpn")
-    context = TLSContextConfig(
-        status=True,
-        serverName=fields.string("server_name"),
-        caCert=fields.string("ca_cert"),
-        certChain=fields.string("cert_chain"),
-        privateKey=fields.string("private_key"),
-        verifyClient=fields.boolean("verify_client"),
-        requireClientCert=fields.boolean("require_client_cert"),
-        insecureSkip=fields.boolean("insecure_skip"),
-        cipherSuites=fields.string("cipher_suites"),
-        ecdhCurves=fields.string("ecdh_curves"),
-        minVersion=_tlsVersion(fields, "min_version"),
-        maxVersion=_tlsVersion(fields, "max_version"),
-        alpn=tuple(protocol.strip() for protocol in alpn.split(",") if protocol.strip()),
-        ticket=fields.string("ticket"),
-        fallBack=fields.boolean("fall_back"),
-    )
-    if not TLS_TERMINATION_SUPPORTED:
-        fields.problems.add(fields.path, "TLS termination is not supported yet")
-    return context
-
-
-def _tlsVersion(fields: Fields, key: str) -> str:
-    version = fields.string(key)
-    canonical = {name.lower(): name for name in TLS_VERSIONS}
-    if version and version.lower() not in canonical:
-        hint = didYouMean(version, TLS_VERSIONS)
-        fields.problem(
-            key, f"{describe(version)} is not a TLS version{hint}: expected one of {', '.join(TLS_VERSIONS)}"
-        )
-        return ""
-    return canonical.get(version.lower(), "")
