@@ -13,12 +13,12 @@ APT_GET = DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0
 TEST_DEBS = curl openssl nats-server python3-venv python3-twisted python3-openssl python3-service-identity \
 	python3-zope.interface python3-treq python3-attr python3-hypothesis python3-cryptography python3-websockets
 
-.PHONY: run test check venv venv-test deps-system test-newest test-debian typecheck bench clean
+.PHONY: run test check venv venv-test deps-system test-newest test-debian typecheck test-deb bench clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= meshproxy --config $(CONFIG)
 
-test: deps-system venv-test test-newest test-debian typecheck
+test: deps-system venv-test test-newest test-debian typecheck test-deb
 
 # Installs only what is missing, so a machine that has everything needs no network.
 deps-system:
@@ -60,6 +60,11 @@ test-debian: deps-system
 
 typecheck: venv-test
 	$(VENV)/bin/mypy
+
+# The Debian package end to end (needs root; about 40 s): build with the unit tests on Debian's
+# Twisted, lintian, install, run as the service user, stop, purge.  Installs its build tools.
+test-deb:
+	packaging/test-deb.sh
 
 bench: venv
 	$(VENV)/bin/python bench/run.py --mode tcp
