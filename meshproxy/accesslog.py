@@ -35,6 +35,7 @@ RESPONSE_FLAGS = {
     "upstream_queue_timeout": "UO",
     "upstream_timeout": "UT",
     "upstream_reset": "UC",
+    "upstream_tls_failed": "UF",
     "upstream_protocol_error": "UPE",
     "request_header_timeout": "DT",
     "request_body_timeout": "DT",

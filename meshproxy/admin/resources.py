@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from meshproxy.config import configDump
+from meshproxy.tls import certificateInfo
 
 
 def _json(request: Request, value: object, code: int = 200) -> bytes:
@@ -51,11 +52,14 @@ class ReadyResource(_Leaf):
 
 class ConfigDumpResource(_Leaf):
     """
-    C{/api/v1/config_dump}: the running configuration with every default filled in, keys redacted.
+    C{/api/v1/config_dump}: the running configuration with every default filled in, keys redacted,
+    and C{tls_certificates}: every served certificate's subject, names, expiry and file.
     """
 
     def render_GET(self, request: Request) -> bytes:
-        return _json(request, configDump(self.service.config))
+        dump = configDump(self.service.config)
+        dump["tls_certificates"] = certificateInfo(self.service.chainTLS.values())
+        return _json(request, dump)
 
 
 class StatsResource(_Leaf):

@@ -16,22 +16,24 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Collection, Iterator, Sequence
 
-from twisted.internet.interfaces import IConnector, IHostnameResolver, IReactorSSL, IReactorTCP, IReactorUNIX
+from twisted.internet.interfaces import IConnector, IHostnameResolver, IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from meshproxy.cluster.dns import DNSRefresher
 from meshproxy.cluster.health import ActiveHealthChecker
 from meshproxy.cluster.lb import balancerFor
 from meshproxy.cluster.outlier import OutlierDetector
-from meshproxy.config import ClusterConfig, Config, HostConfig, TLSContextConfig
+from meshproxy.config import ClusterConfig, Config, ConfigError, HostConfig, Problem
 from meshproxy.interfaces import ICluster, IUpstreamHost
 from meshproxy.stats import StatsStore
+from meshproxy.tlsclient import ClientTLS
+from meshproxy.tlscontext import TLSLoadError
 
 Labels = tuple[tuple[str, str], ...]
-#: Builds the client TLS connection creator for a cluster's C{tls_context} and a server name.
-ClientTLS = Callable[[TLSContextConfig, str], Any]
+_FACTORY_TAKES_CLOCK = "clock" in TLSMemoryBIOFactory.__init__.__code__.co_varnames
 
 
 @implementer(IUpstreamHost)
@@ -106,9 +108,11 @@ class Cluster:
         reactor: IReactorTCP,
         stats: StatsStore,
         rng: random.Random | None = None,
-        clientTLS: ClientTLS | None = None,
         resolver: IHostnameResolver | None = None,
     ) -> None:
+        """
+        @raise TLSLoadError: the cluster's C{tls_context} names a file that cannot be loaded.
+        """
         self.config = config
         self.name = config.name
         self.connectTimeout = config.connectTimeout
@@ -116,7 +120,15 @@ class Cluster:
         self._reactor = reactor
         self._stats = stats
         self._rng = rng
-        self._clientTLS = clientTLS
+        self._clientTLS: ClientTLS | None = None
+        self._creators: dict[str, Any] = {}
+        if config.tls is not None:
+            self._clientTLS = ClientTLS.load(config.tls)
+            if config.tls.insecureSkip:
+                self.log.warn(
+                    "cluster {cluster}: insecure_skip is set: upstream TLS certificates are NOT verified",
+                    cluster=config.name,
+                )
         # The configured host count fixes Maglev's table size, so that every process of a fleet maps
         # keys alike whatever the health of the hosts when it first picks.
         self._balancer = balancerFor(config.lbType, rng, config.lbConfig, len(config.hosts))
@@ -412,14 +424,18 @@ class Cluster:
         if host.family == "unix":
             assert IReactorUNIX.providedBy(self._reactor)
             return self._reactor.connectUNIX(host.host, factory, timeout=self.connectTimeout)  # type: ignore[attr-defined]
-        tls = self.config.tls
-        if tls is not None and not host.config.tlsDisable and self._clientTLS is not None:
-            assert IReactorSSL.providedBy(self._reactor)
-            serverName = tls.serverName or host.config.hostname or host.host
-            creator = self._clientTLS(tls, serverName)
-            return self._reactor.connectSSL(  # type: ignore[attr-defined,no-any-return]
-                host.host, host.port, factory, creator, timeout=self.connectTimeout, bindAddress=None
-            )
+        if self._clientTLS is not None and not host.config.tlsDisable:
+            creator = self._creators.get(host.address)
+            if creator is None:
+                tls = self._clientTLS.config
+                serverName = tls.serverName or host.config.hostname or host.host
+                creator = self._creators[host.address] = self._clientTLS.creatorFor(serverName)
+            tlsFactory: Any
+            if _FACTORY_TAKES_CLOCK:
+                tlsFactory = TLSMemoryBIOFactory(creator, True, factory, clock=self._reactor)  # type: ignore[arg-type]
+            else:  # Twisted 22.4
+                tlsFactory = TLSMemoryBIOFactory(creator, True, factory)
+            return self._reactor.connectTCP(host.host, host.port, tlsFactory, timeout=self.connectTimeout)
         return self._reactor.connectTCP(host.host, host.port, factory, timeout=self.connectTimeout)
 
     def connectionOpened(self, host: UpstreamHost) -> None:
@@ -489,6 +505,20 @@ class Cluster:
         }
 
 
+def checkClusterTLS(config: Config) -> list[Problem]:
+    """
+    Load every cluster's TLS files once and say, by JSON path, which cannot be loaded.
+    """
+    problems = []
+    for i, cluster in enumerate(config.clusters):
+        if cluster.tls is not None:
+            try:
+                ClientTLS.load(cluster.tls)
+            except TLSLoadError as e:
+                problems.append(Problem(f"cluster_manager.clusters[{i}].tls_context.{e.key}", e.message))
+    return problems
+
+
 def _flags(host: UpstreamHost) -> list[str]:
     # Envoy's health flags, as its /clusters shows them.
     flags = []
@@ -514,12 +544,16 @@ class ClusterSet:
         reactor: IReactorTCP,
         stats: StatsStore,
         rng: random.Random | None = None,
-        clientTLS: ClientTLS | None = None,
     ) -> ClusterSet:
         """
         Build a L{Cluster} for every configured cluster.
+
+        @raise ConfigError: a cluster's C{tls_context} names a file that cannot be loaded.
         """
-        return cls({c.name: Cluster(c, reactor, stats, rng, clientTLS) for c in config.clusters})
+        problems = checkClusterTLS(config)
+        if problems:
+            raise ConfigError(problems)
+        return cls({c.name: Cluster(c, reactor, stats, rng) for c in config.clusters})
 
     def get(self, name: str) -> Cluster:
         """

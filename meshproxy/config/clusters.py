@@ -27,6 +27,7 @@ from meshproxy.config.clustermodel import (
 from meshproxy.config.errors import Problems
 from meshproxy.config.jsonvalues import UINT32_MAX, describe, didYouMean
 from meshproxy.config.subsets import parseLabels, parseSubsetConfig
+from meshproxy.config.tls import TLS_CONTEXT_KEYS, parseTLSContext
 from meshproxy.config.reader import (
     Fields,
     KeySpec,
@@ -98,9 +99,9 @@ CLUSTER_KEYS = KeySpec(
         "dns_lookup_family",
         # meshproxy extension (Envoy's name): the healthy percentage below which all hosts are used
         "healthy_panic_threshold",
+        "tls_context",
     ),
     unsupported={
-        "tls_context": _PLAINTEXT,
         "cluster_manager_tls": tolerateValues(False),
         "cluster_pool_enable": tolerateValues(False),
         "sub_type": tolerateValues(""),
@@ -186,6 +187,7 @@ def _cluster(fields: Fields) -> ClusterConfig:
         or DEFAULT_DNS_REFRESH_RATE,
         dnsLookupFamily=fields.choice("dns_lookup_family", "ALL", DNS_LOOKUP_FAMILIES, what="DNS lookup family"),
         healthyPanicThreshold=fields.integer("healthy_panic_threshold", 50, 0, 100),
+        tls=parseTLSContext(fields.object("tls_context", TLS_CONTEXT_KEYS), forServer=False),
     )
 
 

@@ -78,6 +78,8 @@ PROXY_KEYS = KeySpec(
         "tunnel_idle_timeout",
         # meshproxy extension: requests no static route matches are looked up in the router registry
         "use_router_registry",
+        # Envoy's: what to do with X-Forwarded-Client-Cert
+        "forward_client_cert_details",
     ),
     unsupported={
         "router_handler_name": tolerateValues(""),
@@ -266,6 +268,11 @@ def _httpProxy(fields: Fields, context: ChainContext) -> HTTPProxyConfig:
         maxURISize=fields.integer("max_uri_size", 8192, 64, 1 << 20),
         tunnelIdleTimeout=fields.duration("tunnel_idle_timeout", 3600.0, zeroIsNone=True),
         useRouterRegistry=fields.boolean("use_router_registry"),
+        forwardClientCertDetails=fields.choice(
+            "forward_client_cert_details", "SANITIZE",
+            ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY"),
+            what="forward_client_cert_details mode",
+        ),
     )
 
 

@@ -172,6 +172,9 @@ class HTTPProxyConfig:
     tunnelIdleTimeout: float | None = 3600.0
     #: meshproxy extension: requests that no static route matches go to the router registry's routes.
     useRouterRegistry: bool = False
+    #: Envoy's C{forward_client_cert_details}: C{SANITIZE}, C{FORWARD_ONLY}, C{APPEND_FORWARD},
+    #: C{SANITIZE_SET} or C{ALWAYS_FORWARD_ONLY}.
+    forwardClientCertDetails: str = "SANITIZE"
 
 
 NetworkFilterConfig = Union[TCPProxyConfig, HTTPProxyConfig]

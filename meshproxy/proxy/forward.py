@@ -68,15 +68,40 @@ class RequestDropSets:
     The names to drop from forwarded requests for each route, computed once per route.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extra: frozenset[bytes] = frozenset()) -> None:
         self._byRoute: dict[int, frozenset[bytes]] = {}
+        self._extra = extra
 
     def forRoute(self, route: Any) -> frozenset[bytes]:
         key = id(route)
         drop = self._byRoute.get(key)
         if drop is None:
-            drop = self._byRoute[key] = hopByHopNames(frozenset()) | _REQUEST_OWNED | route.requestHeadersToRemove
+            drop = self._byRoute[key] = (
+                hopByHopNames(frozenset()) | _REQUEST_OWNED | route.requestHeadersToRemove | self._extra
+            )
         return drop
+
+
+XFCC = b"x-forwarded-client-cert"
+#: Envoy's C{forward_client_cert_details} modes.
+XFCC_MODES = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
+
+
+def clientCertValue(downstream: Any) -> bytes | None:
+    """
+    The C{X-Forwarded-Client-Cert} element for a connection's verified client certificate
+    (Envoy's format: C{Hash=...;Subject="...";URI=...;DNS=...}), or L{None} without one.
+    """
+    digest = getattr(downstream, "peerCertificateHash", None)
+    if not digest:
+        return None
+    parts = [f"Hash={digest}"]
+    subject = downstream.peerCertificateSubject
+    if subject:
+        parts.append('Subject="' + subject.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    parts.extend(f"URI={uri}" for uri in downstream.peerCertificateURIs or ())
+    parts.extend(f"DNS={name}" for name in downstream.peerCertificateDNSNames or ())
+    return ";".join(parts).encode("utf-8", "replace")
 
 
 def upstreamRequestFields(

@@ -46,7 +46,9 @@ from meshproxy.proxy.httpsettings import HTTPSettings, HTTPStats
 from meshproxy.proxy.forward import (
     CHUNKED,
     RequestDropSets,
+    XFCC,
     RequestIds,
+    clientCertValue,
     clientRequestId,
     upstreamRequestFields,
 )
@@ -85,7 +87,13 @@ class HTTPProxyFilter:
         self.clock = clock
         self.settings = settings or HTTPSettings()
         self.stats = HTTPStats(stats, listenerName)
-        self.dropSets = RequestDropSets()
+        mode = config.forwardClientCertDetails
+        # The modes that do not pass the client's own X-Forwarded-Client-Cert on.
+        self.sanitizeXFCC = mode in ("SANITIZE", "SANITIZE_SET")
+        self.setXFCC = mode in ("SANITIZE_SET", "APPEND_FORWARD")
+        self.dropSets = RequestDropSets(frozenset([XFCC]) if self.sanitizeXFCC else frozenset())
+        # Routes that match on X-Forwarded-Client-Cert must not see one the client made up.
+        self.routesUseXFCC = routes.matchesHeader(XFCC)
         self.requestIds = RequestIds()
 
     def acceptsProtocol(self, protocol: str) -> bool:
@@ -132,6 +140,8 @@ class HTTPServerConnection(Protocol):
         self._clientIP = client[0].encode() if client is not None else b"unix"
         self._rx = downstream.bytesReceived
         self._tx = downstream.bytesSent
+        self._scheme = b"https" if getattr(downstream, "tls", False) else b"http"
+        self._xfcc = clientCertValue(downstream) if filter.setXFCC else None
         self._admitted = False
         self._retryAdmitted = False
         self._activeHost: UpstreamHost | None = None
@@ -375,7 +385,10 @@ class HTTPServerConnection(Protocol):
             return
         authority, target = splitTarget(head.target)
         host = authority if authority is not None else head.host
-        route = self.filter.routes.route(host, target, head.method, head.headers)
+        headers = head.headers
+        if self._xfcc is not None or (self.filter.routesUseXFCC and self.filter.sanitizeXFCC):
+            headers = self._routingHeaders(headers)
+        route = self.filter.routes.route(host, target, head.method, headers)
         if route is None:
             self._localReply(404, "no_route")
             return
@@ -385,7 +398,7 @@ class HTTPServerConnection(Protocol):
             self._localReply(route.status, "", body=route.body, error=False)
             return
         if kind == "redirect":
-            location = route.location(b"http", host or b"", target)
+            location = route.location(self._scheme, host or b"", target)
             self._localReply(route.status, "", extra=[(b"Location", location)], error=False)
             return
         clusterName = route.clusterFor(head.headers)
@@ -416,13 +429,26 @@ class HTTPServerConnection(Protocol):
             framing = (b"Content-Length", b"%d" % head.contentLength)
         adds = route.requestHeadersToAdd
         fields, self._requestId = upstreamRequestFields(
-            head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, b"http", adds,
+            head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, self._scheme, adds,
             self._variables() if adds else {}, framing, self.filter.requestIds.new, host,
             upgrade=self._awaitingSwitch,
         )
+        if self._xfcc is not None:
+            fields.append((b"X-Forwarded-Client-Cert", self._xfcc))
         self._upstreamFields = fields
         self._upstreamTarget = upstreamTarget
         self._needDispatch = True
+
+    def _routingHeaders(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """
+        The headers routes see: without a client-supplied X-Forwarded-Client-Cert when it is
+        sanitized, plus the one meshproxy sets from the verified client certificate.
+        """
+        if self.filter.sanitizeXFCC:
+            headers = [(name, value) for name, value in headers if name.lower() != XFCC]
+        if self._xfcc is not None:
+            headers = headers + [(XFCC, self._xfcc)]
+        return headers
 
     def _variables(self) -> dict[str, bytes]:
         client = self.downstream.clientAddress

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.error import TimeoutError
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -161,7 +162,12 @@ class UpstreamConnection(Protocol):
             except HTTPParseError:
                 pass
             if exchange is not None:
-                exchange.upstreamFailed("upstream_reset", self.responseStarted, "connection closed")
+                if reason.check(SSL.Error) and not self.responseStarted:
+                    # The TLS handshake failed (a certificate that does not verify, no shared
+                    # protocol): nothing was sent, and retrying the same host would fail alike.
+                    exchange.upstreamFailed("upstream_tls_failed", False, str(reason.value))
+                else:
+                    exchange.upstreamFailed("upstream_reset", self.responseStarted, "connection closed")
         if previous != self.CONNECTING:
             self.cluster.connectionClosed(self.host)
         self.pool.connectionLost(self, wasIdle)

@@ -176,6 +176,14 @@ class RouteTable:
             return None
         return firstMatch(vhost.routes, target, headers)
 
+    def matchesHeader(self, name: bytes) -> bool:
+        """
+        Whether any route entry matches on the header C{name} (lower case).
+        """
+        return any(
+            matcher[0] == name for vhost in self.virtualHosts for route in vhost.routes for matcher in route.headerMatchers
+        )
+
     def explain(
         self, host: str, path: str, method: str = "GET", headers: Sequence[tuple[str, str]] = ()
     ) -> dict[str, Any]:

@@ -163,6 +163,19 @@ class OnePortTests(TLSProxyCase):
         stats = self.proxy.stats()
         self.assertEqual(stats["meshproxy_tls_handshake_total{chain=terminate,listener=mux}"], 2)
 
+    def test_configDumpListsCertificates(self) -> None:
+        """
+        C{/api/v1/config_dump} lists each served certificate with its names and expiry, and never a key.
+        """
+        code, body = self.proxy.admin("/api/v1/config_dump")
+        self.assertEqual(code, 200)
+        dump = json.loads(body)
+        names = {tuple(entry["names"]) for entry in dump["tls_certificates"]}
+        self.assertIn(("a.example.com",), names)
+        self.assertIn(("*.wild.example.com",), names)
+        self.assertTrue(all(entry["notAfterTimestamp"] > 0 for entry in dump["tls_certificates"]))
+        self.assertNotIn(b"PRIVATE KEY", body)
+
     def test_oldVersionsRefused(self) -> None:
         """
         TLS 1.0 and 1.1 clients (allowed to try by their own library) are refused and counted.
