@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from meshproxy.accesslog import AccessLogs
-from meshproxy.cluster.cluster import ClusterSet
+from meshproxy.cluster.cluster import ClusterSet, checkClusterTLS
 from meshproxy.cluster.pool import PoolSet
 from meshproxy.config import Config, ConfigError, HTTPProxyConfig, Problem, TCPProxyConfig, parseConfig
 from meshproxy.http import HTTPLimits
@@ -50,7 +50,7 @@ def loadConfigFile(path: str) -> Config:
     config = parseConfig(data)
     # Certificates and keys are read here too, so check-config and start-up report a broken file
     # by its JSON path; the service reads them again when it builds its contexts.
-    problems = runtimeProblems(config) + checkListenerTLS(config)
+    problems = runtimeProblems(config) + checkListenerTLS(config) + checkClusterTLS(config)
     if problems:
         raise ConfigError(problems)
     return config
@@ -206,6 +206,35 @@ class MeshProxyService(MultiService):
     def _takeSignals(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stopSignal)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.checkReload))
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.reactor.callFromThread(self.reopenLogs))
+
+    def checkReload(self) -> bool:
+        """
+        SIGHUP: re-read and validate the config file and log the outcome.  Applying a new
+        configuration to the running process is not built yet, so nothing changes either way.
+        """
+        try:
+            loadConfigFile(self.configPath)
+        except ConfigError as e:
+            self.log.error(
+                "reload: {path} is invalid; the running configuration is unchanged:\n{problems}",
+                path=self.configPath, problems=str(e),
+            )
+            return False
+        self.log.warn(
+            "reload: {path} is valid, but applying a configuration without a restart is not supported "
+            "yet; restart meshproxy to use it",
+            path=self.configPath,
+        )
+        return True
+
+    def reopenLogs(self) -> None:
+        """
+        SIGUSR1: reopen the access-log files (after logrotate moved them).
+        """
+        self.accessLogs.reopen()
+        self.log.info("reopened access log files")
 
     def _stopSignal(self, signum: int, frame: object) -> None:
         self.log.info("received {signal}: stopping", signal=signal.Signals(signum).name)

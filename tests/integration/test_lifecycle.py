@@ -151,3 +151,33 @@ class ShutdownTests(SynchronousTestCase):
             self.assertEqual(recvAll(sock), b"")
         except ConnectionResetError:
             pass
+
+
+class SignalTests(SynchronousTestCase):
+    """
+    SIGHUP validates the config file (applying it is not built yet); SIGUSR1 reopens log files. Neither
+    stops the process or disturbs open sessions.
+    """
+
+    start = ShutdownTests.start
+
+    def test_hangupChecksTheFile(self) -> None:
+        """
+        A valid file is reported valid, a broken one invalid with its problems; the proxy keeps relaying.
+        """
+        proxy, port, echo = self.start()
+        sock = connect(port)
+        proxy.signal(signal.SIGHUP)
+        self.assertTrue(waitFor(lambda: "reload: " in proxy.log() and "is valid" in proxy.log(), timeout=5))
+        with open(proxy.configPath, "w") as f:
+            f.write('{"servers": []}')
+        proxy.signal(signal.SIGHUP)
+        self.assertTrue(waitFor(lambda: "is invalid; the running configuration is unchanged" in proxy.log(), timeout=5))
+        self.assertIn("servers: [] is empty", proxy.log())
+        proxy.signal(signal.SIGUSR1)
+        self.assertTrue(waitFor(lambda: "reopened access log files" in proxy.log(), timeout=5))
+        sock.sendall(b"\x00still")
+        self.assertEqual(sock.recv(100), b"\x00still")
+        self.assertIsNone(proxy.process.poll())  # type: ignore[union-attr]
+        self.assertEqual(proxy.admin("/ready")[0], 200)
+
