@@ -59,6 +59,8 @@ class UpstreamHost:
         self.activeFailed = False
         self.ejected = False
         self.healthReason = ""
+        self.activeReason = ""
+        self.ejectionReason = ""
         self.activeConnections = 0
         self.activeRequests = 0
         labels = {"cluster": clusterName, "host": config.address}
@@ -266,7 +268,7 @@ class Cluster:
         The active health checker's verdict on C{host} changed.
         """
         host.activeFailed = not healthy
-        host.healthReason = reason
+        host.activeReason = "" if healthy else reason
         self._hostChanged(host, "active health check", reason)
 
     def ejectionChanged(self, host: UpstreamHost, ejected: bool, reason: str) -> None:
@@ -274,12 +276,13 @@ class Cluster:
         The outlier detector ejected C{host}, or let it back.
         """
         host.ejected = ejected
-        if ejected:
-            host.healthReason = reason
+        host.ejectionReason = reason if ejected else ""
         self._hostChanged(host, "outlier detection", reason)
 
     def _hostChanged(self, host: UpstreamHost, source: str, reason: str) -> None:
         healthy = not host.activeFailed and not host.ejected
+        # Why the host is out now (the active check's reason first), or nothing once it is back.
+        host.healthReason = host.activeReason or host.ejectionReason
         if healthy != host.healthy:
             host.healthy = healthy
             self.log.info(

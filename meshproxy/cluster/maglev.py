@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import random
 from bisect import bisect
-from typing import Collection, Protocol, Sequence, TypeVar
+from typing import Any, Collection, Protocol, Sequence, TypeVar
 
 MAX_TABLE_SIZE = 65537
 SLOTS_PER_HOST = 100
@@ -182,8 +182,9 @@ class Maglev:
     """
     The C{LB_MAGLEV} balancer: the host in the table slot of the request's hash key, the same host
     for the same key while the candidates stay the same.  Without a key, a random host by weight.
-    If the chosen host is excluded (already tried), the following slots are searched in order for
-    one that is not, so a retry's choice is as consistent as the first one.
+    If the chosen host is excluded (already tried), the key is looked up in the table built without
+    the excluded hosts (at the same size): the host a session fails over to is the one it keeps once
+    the failed host leaves the candidates.
 
     Tables are cached per candidate list (by identity and length): the cluster passes a new list
     object whenever health or membership changes, and keeps passing the same one otherwise.
@@ -206,6 +207,7 @@ class Maglev:
         self._size = tableSize or (tableSizeFor(hostCount) if hostCount else 0)
         self._entries: dict[int, _Entry] = {}
         self._last: _Entry | None = None
+        self._withoutExcluded: dict[tuple[str, ...], list[Any]] = {}
 
     @property
     def tableSize(self) -> int:
@@ -230,6 +232,7 @@ class Maglev:
             # Growing moves most keys, so a new size also drops every table of the old one.
             self._size = needed
             self._entries.clear()
+            self._withoutExcluded.clear()
         weights = [host.weight for host in hosts]
         cumulative = None
         if weights and min(weights) != max(weights):
@@ -262,16 +265,19 @@ class Maglev:
         host = table[index]
         if not exclude or host not in exclude:
             return host
-        if all(candidate in exclude for candidate in hosts):
+        remaining = [candidate for candidate in hosts if candidate not in exclude]
+        if not remaining:
             return None
-        for _ in range(size - 1):
-            index += 1
-            if index == size:
-                index = 0
-            host = table[index]
-            if host not in exclude:
-                return host
-        return None
+        # The host the key maps to once the excluded ones are gone: a session that fails over
+        # now stays where it will be after the failed host is ejected.
+        key = tuple(candidate.address for candidate in remaining)
+        without = self._withoutExcluded.get(key)
+        if without is None:
+            without = buildTable(remaining, self._size)
+            while len(self._withoutExcluded) >= CACHED_LISTS:
+                del self._withoutExcluded[next(iter(self._withoutExcluded))]
+            self._withoutExcluded[key] = without
+        return without[hashKey % len(without)]  # type: ignore[no-any-return]
 
     def _random(self, hosts: Sequence[H], entry: _Entry, exclude: Collection[object]) -> H | None:
         rng = self._rng

@@ -465,9 +465,14 @@ class HTTPServerConnection(Protocol):
     def _dispatch(self, fresh: bool = False) -> None:
         cluster = self.cluster
         host = cluster.chooseHost(self._tried, self._hashKey, self._metadata)
+        if host is None and self._retries and self._tried:
+            # A policy retry after every candidate was tried: go round them again.
+            self._tried = []
+            host = cluster.chooseHost((), self._hashKey, self._metadata)
         if host is None:
             if self._tried:
-                self._localReply(502, self._lastFailure or "upstream_connect_failed")
+                failure = self._lastFailure or "upstream_connect_failed"
+                self._localReply(504 if failure == "upstream_timeout" else 502, failure)
             else:
                 self._localReply(503, "no_healthy_upstream")
             return

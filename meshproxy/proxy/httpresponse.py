@@ -39,8 +39,15 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
             conn.cluster.hostFailed(host, "status_5xx")
         else:
             conn.cluster.hostSucceeded(host)
-    if status >= 500 and conn.route.retryPolicy is not None and conn.retryAllowed("status", status):
-        # A status the route retries: drop this answer and its connection, try again.
+    if (
+        status >= 500
+        and conn.route.retryPolicy is not None
+        and conn.retryAllowed("status", status)
+        and (conn._retryAdmitted or conn.cluster.admitRetry())
+    ):
+        # A status the route retries (and the cluster has room for a retry): drop this answer and
+        # its connection, try again.  Without room, the answer is forwarded as it is.
+        conn._retryAdmitted = True
         conn._abortUpstream()
         conn.retry("upstream_status_%d" % status)
         return
@@ -265,8 +272,6 @@ def retry(conn: HTTPServerConnection, reason: str) -> None:
     conn.stats.retries.inc()
     conn.upstream = None
     conn.state = conn.UPSTREAM
-    if all(host in conn._tried for host in cluster.hosts):
-        conn._tried = []
     policy = conn.route.retryPolicy
     ceiling = min(policy.backoffMax, policy.backoffBase * (2 ** (conn._retries - 1)))
     delay = conn.filter.rng.uniform(0, ceiling) if ceiling > 0 else 0.0
