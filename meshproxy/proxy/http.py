@@ -32,15 +32,12 @@ from meshproxy.http import (
     HTTP1Parser,
     HTTPParseError,
     RequestHead,
-    chunk,
-    lastChunk,
     reasonPhrase,
-    requestHead,
     responseHead,
 )
 from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
 from meshproxy.proxy.deadline import Deadline
-from meshproxy.proxy import httpresponse
+from meshproxy.proxy import httprequest, httpresponse
 from meshproxy.proxy.directwrite import directWriters, setNoDelay
 from meshproxy.proxy.httpsettings import HTTPSettings, HTTPStats
 from meshproxy.proxy.forward import (
@@ -56,7 +53,6 @@ from meshproxy.routing.hashpolicy import hashKey
 from meshproxy.routing.table import RouteTable, splitTarget
 from meshproxy.stats import StatsStore
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @implementer(INetworkFilterFactory)
@@ -460,120 +456,15 @@ class HTTPServerConnection(Protocol):
             "request_id": self._requestId,
         }
 
-    # -- upstream -----------------------------------------------------------------------------------
+    # -- upstream: the request half, in meshproxy.proxy.httprequest -------------------------------
 
-    def _dispatch(self, fresh: bool = False) -> None:
-        cluster = self.cluster
-        host = cluster.chooseHost(self._tried, self._hashKey, self._metadata)
-        if host is None and self._retries and self._tried:
-            # A policy retry after every candidate was tried: go round them again.
-            self._tried = []
-            host = cluster.chooseHost((), self._hashKey, self._metadata)
-        if host is None:
-            if self._tried:
-                failure = self._lastFailure or "upstream_connect_failed"
-                self._localReply(504 if failure == "upstream_timeout" else 502, failure)
-            else:
-                self._localReply(503, "no_healthy_upstream")
-            return
-        self._tried.append(host)
-        self.host = host
-        self.filter.pools.get(cluster).acquire(host, self, fresh)
-
-    def connectionReady(self, upstream: Any, reused: bool) -> None:
-        """
-        The pool's answer: send the request on C{upstream}.
-        """
-        if self.state != self.UPSTREAM or self.upstream is not None:
-            upstream.pool.release(upstream, True)  # the client went away meanwhile
-            return
-        assert self.head is not None
-        self.upstream = upstream
-        self._reused = reused
-        host = upstream.host
-        if self._activeHost is not host:
-            if self._activeHost is not None:
-                self._activeHost.activeRequests -= 1
-            self._activeHost = host
-            host.activeRequests += 1
-            host.requestsTotal.value += 1
-        head = self.head
-        fields = self._upstreamFields
-        if self.route.autoHostRewrite:
-            # Host names the chosen upstream (its configured hostname, else its address).
-            config = upstream.host.config
-            hostValue = (config.hostname or config.address).encode("idna" if config.hostname else "ascii")
-            fields = [(b"Host", hostValue) if n == b"Host" else (n, v) for n, v in fields]
-        upstream.send(self, head.method, requestHead(head.method, self._upstreamTarget, fields))
-        queued, self._queued = self._queued, []
-        self._queuedBytes = 0
-        for data in queued:
-            self._sendBody(data)
-        if self._requestDone:
-            if self._requestHasBody:
-                self._sendEnd(self._queuedTrailers)
-            self._deadline.arm(self.tryTimeout(), "response")
-        else:
-            if self._requestHasBody:
-                upstream.transport.registerProducer(self.transport, True)
-                if head.expectContinue:
-                    self._write(_CONTINUE)
-                self._deadline.arm(self.settings.bodyTimeout, "body")
-            self._pump()
-
-    def connectionFailed(self, host: UpstreamHost | None, reason: str) -> None:
-        """
-        The pool could not give a connection: try another host, or answer 502/503.
-        """
-        if self.state != self.UPSTREAM:
-            return
-        if reason in ("upstream_connect_failed", "upstream_connect_timeout"):
-            self._lastFailure = reason
-            if len(self._tried) <= self.settings.maxConnectRetries:
-                self.stats.retries.inc()
-                self._dispatch()
-                return
-            self._localReply(502, reason)
-            return
-        self._localReply(503, reason)
-
-    def _requestBody(self, data: bytes) -> None:
-        self._requestBodySent += len(data)
-        limit = self.settings.maxRequestBodyBytes
-        if limit and self._requestBodySent > limit:
-            self._abortUpstream()
-            self._localReply(413, "request_body_too_large", close=True)
-            return
-        self._lastActivity = self.clock.seconds()
-        if self.upstream is None:
-            self._queued.append(data)
-            self._queuedBytes += len(data)
-        else:
-            self._sendBody(data)
-
-    def _sendBody(self, data: bytes) -> None:
-        if self._requestChunked:
-            self.upstream.writeSequence(chunk(data))
-        else:
-            self.upstream.write(data)
-
-    def _sendEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        if self._requestChunked:
-            self.upstream.write(lastChunk(trailers))
-
-    def _requestEnd(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        self._requestDone = True
-        upstream = self.upstream
-        if upstream is None:
-            self._queuedTrailers = trailers
-            return
-        self._sendEnd(trailers)
-        if self._requestHasBody:
-            upstream.transport.unregisterProducer()
-            if not self._readPaused:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
-        if not self._responseStarted:
-            self._deadline.arm(self.tryTimeout(), "response")
+    _dispatch = httprequest.dispatch
+    connectionReady = httprequest.connectionReady
+    connectionFailed = httprequest.connectionFailed
+    _requestBody = httprequest.requestBody
+    _sendBody = httprequest.sendBody
+    _sendEnd = httprequest.sendEnd
+    _requestEnd = httprequest.requestEnd
 
     def _logAccess(self) -> None:
         head = self.head
