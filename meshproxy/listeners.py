@@ -323,6 +323,7 @@ class ListenerService(StreamServerEndpointService):
         self.config = config
         self.listenerFactory = factory
         self.bound = False
+        self._held = False
         self.setName("listener:" + config.name)
 
     def privilegedStartService(self) -> None:
@@ -338,7 +339,27 @@ class ListenerService(StreamServerEndpointService):
     def _bound(self, port: Any) -> Any:
         self.bound = True
         self.listenerFactory.port = port
+        if self._held:
+            port.stopReading()
         return port
+
+    def holdAccepting(self) -> None:
+        """
+        Bind, but leave new connections in the listen backlog until L{releaseAccepting}.
+        """
+        self._held = True
+        port = self.listenerFactory.port
+        if port is not None:
+            port.stopReading()
+
+    def releaseAccepting(self) -> None:
+        """
+        Start accepting (unless the listener is full or draining, which resume by themselves).
+        """
+        self._held = False
+        factory = self.listenerFactory
+        if factory.port is not None and not factory._acceptPaused and not factory.draining:
+            factory.port.startReading()
 
     def stopService(self) -> defer.Deferred[None]:
         """

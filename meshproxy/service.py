@@ -30,6 +30,9 @@ from meshproxy.proxy.http import HTTPProxyFilter, HTTPSettings
 from meshproxy.proxy.tcp import TCPProxyFilter
 from meshproxy.proxy.upstream import dialerFor
 from meshproxy.routing.table import RouteTable, RouteTables, routerProblems
+from meshproxy.admin.gorouter import buildHealthSite, buildRoutesSite
+from meshproxy.config.registry import RouterRegistryConfig
+from meshproxy.gorouter import RouterRegistryRuntime
 from meshproxy.stats import StatsStore
 from meshproxy.tls import checkListenerTLS, loadListenerTLS
 
@@ -87,16 +90,25 @@ def httpSettings(config: HTTPProxyConfig) -> HTTPSettings:
     )
 
 
+def _usesRegistry(listener: Any) -> bool:
+    return any(
+        isinstance(f, HTTPProxyConfig) and f.useRouterRegistry for chain in listener.filterChains for f in chain.filters
+    )
+
+
 class FilterBuilder:
     """
     Builds the runtime network filters of one configuration, sharing clusters and pools.
     """
 
-    def __init__(self, clusters: ClusterSet, pools: PoolSet, reactor: Any, stats: StatsStore) -> None:
+    def __init__(
+        self, clusters: ClusterSet, pools: PoolSet, reactor: Any, stats: StatsStore, registry: Any = None
+    ) -> None:
         self.clusters = clusters
         self.pools = pools
         self.reactor = reactor
         self.stats = stats
+        self.registry = registry
         self.tables: dict[tuple[int, str], RouteTable] = {}
 
     def build(self, config: object, serverIndex: int, server: Any, listenerName: str) -> INetworkFilterFactory:
@@ -108,7 +120,8 @@ class FilterBuilder:
         if isinstance(config, HTTPProxyConfig):
             table = self.tables[(serverIndex, config.routerConfigName)]
             return HTTPProxyFilter(
-                config, table, self.clusters, self.pools, self.reactor, self.stats, listenerName, httpSettings(config)
+                config, table, self.clusters, self.pools, self.reactor, self.stats, listenerName, httpSettings(config),
+                registry=self.registry if config.useRouterRegistry else None,
             )
         # The config layer rejects filters whose runtime does not exist yet; reaching here is a bug.
         raise TypeError(f"no runtime for network filter config {config!r}")
@@ -143,7 +156,6 @@ class MeshProxyService(MultiService):
         self.healthcheckFailed = False
         self.clusters = ClusterSet.fromConfig(config, reactor, self.stats)
         self.pools = PoolSet(reactor, self.stats, dialerFor(HTTPLimits()))
-        builder = FilterBuilder(self.clusters, self.pools, reactor, self.stats)
         self.accessLogs = AccessLogs(reactor)
         self.listenerServices: list[ListenerService] = []
         admin = StreamServerEndpointService(
@@ -153,6 +165,10 @@ class MeshProxyService(MultiService):
         admin.setName("admin")
         admin.setServiceParent(self)
         self.adminService = admin
+        self.registry: RouterRegistryRuntime | None = None
+        if config.routerRegistry is not None:
+            self.registry = self._startRegistry(config.routerRegistry)
+        builder = FilterBuilder(self.clusters, self.pools, reactor, self.stats, self.registry)
         # Every router, by name (prefixed with its server when names repeat across servers).
         self.routeTables: dict[str, RouteTable] = {}
         for i, server in enumerate(config.servers):
@@ -176,8 +192,31 @@ class MeshProxyService(MultiService):
             )
             endpoint = serverFromString(reactor, listenerConfig.endpoint)
             service = ListenerService(listenerConfig, endpoint, factory)
+            if self.registry is not None and _usesRegistry(listenerConfig):
+                # gorouter opens its proxy port only after start_response_delay_interval.
+                service.holdAccepting()
+                self.registry.whenStarted(service.releaseAccepting)
             service.setServiceParent(self)
             self.listenerServices.append(service)
+
+    def _startRegistry(self, config: RouterRegistryConfig) -> RouterRegistryRuntime:
+        """
+        The router registry and gorouter's two status listeners.
+        """
+        registry = RouterRegistryRuntime(config, self.reactor, self.stats, self.pools)
+        registry.healthy = lambda: self.state == "running" and not self.healthcheckFailed  # type: ignore[method-assign]
+        registry.setName("router-registry")
+        registry.setServiceParent(self)
+        for name, endpoint, site in (
+            ("gorouter-status", config.status.endpoint, buildHealthSite(registry)),
+            ("gorouter-routes", config.status.routesEndpoint,
+             buildRoutesSite(registry, config.status.user, config.status.password)),
+        ):
+            status = StreamServerEndpointService(serverFromString(self.reactor, endpoint), site)
+            status._raiseSynchronously = True
+            status.setName(name)
+            status.setServiceParent(self)
+        return registry
 
     def privilegedStartService(self) -> None:
         try:

@@ -1047,7 +1047,8 @@ class ClusterTests(ConfigAssertions, SynchronousTestCase):
                 ".circuit_breakers[0].max_connections",
                 "0 is out of range",
             ),
-            ({"tls_context": {"status": True}}, ".tls_context", "only {} or"),
+            ({"tls_context": {"status": True, "cert_chain": "c.pem"}}, ".tls_context.private_key", "needs both"),
+            ({"tls_context": {"status": True, "verify_client": True}}, ".tls_context.verify_client", "listeners"),
             (
                 {"lb_subset_config": {"fall_back_policy": 2}},
                 ".lb_subset_config.fall_back_policy",

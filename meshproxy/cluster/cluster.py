@@ -120,7 +120,7 @@ class Cluster:
         self.connectTimeout = config.connectTimeout
         self.bufferLimit = config.connBufferLimitBytes
         self._reactor = reactor
-        self._stats = stats
+        self._stats = self.stats = stats
         self._rng = rng
         self._clientTLS: ClientTLS | None = None
         self._creators: dict[str, Any] = {}

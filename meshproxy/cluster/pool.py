@@ -251,12 +251,20 @@ class PoolSet:
 
     def get(self, cluster: Cluster) -> ClusterPool:
         """
-        The pool of C{cluster}.
+        The pool of C{cluster} (its counters go where the cluster's own do).
         """
         pool = self._pools.get(cluster.name)
         if pool is None:
-            pool = self._pools[cluster.name] = ClusterPool(cluster, self._clock, self._stats, self._connect)
+            pool = self._pools[cluster.name] = ClusterPool(cluster, self._clock, cluster.stats, self._connect)
         return pool
+
+    def remove(self, name: str) -> None:
+        """
+        Stop and forget the pool of the cluster called C{name} (a registry route that went away).
+        """
+        pool = self._pools.pop(name, None)
+        if pool is not None:
+            pool.stop()
 
     def stop(self) -> None:
         """

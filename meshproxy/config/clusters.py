@@ -1,11 +1,12 @@
 """
-Reading MOSN's C{cluster_manager}: clusters of static upstream hosts.
+Reading MOSN's C{cluster_manager}: clusters of static or C{STRICT_DNS} upstream hosts, with their load
+balancing, health checking, limits and TLS.
 
-Not-supported MOSN keys that are accepted anyway, because meshproxy behaves that way regardless: a
-C{tls_context} that is C{{}} or has C{status: false} (plaintext upstream), C{cluster_manager_tls: false},
+Not-supported MOSN keys that are accepted anyway, because meshproxy behaves that way regardless: the
+shared C{cluster_manager.tls_context} when C{{}} or C{status: false}, C{cluster_manager_tls: false},
 C{cluster_pool_enable: false}, C{respect_dns_ttl: false}, C{mark: 0}, C{sub_type: ""}, an empty
-C{dns_resolver_file}, and empty (C{{}}, C{[]} or null) C{health_check}, C{lb_subset_config}, C{dns_resolvers},
-C{slow_start}, C{keepalive}, C{spec}, C{lbconfig}, C{original_dst_lb_config} and host C{metadata}.
+C{dns_resolver_file}, and empty (C{{}}, C{[]} or null) C{dns_resolvers}, C{slow_start}, C{keepalive},
+C{spec} and C{original_dst_lb_config}.
 """
 
 from __future__ import annotations

@@ -66,6 +66,9 @@ class RouterRegistryConfig:
     stickyCookieNames: tuple[str, ...] = ("JSESSIONID",)
     endpointTimeout: float = 60.0
     endpointDialTimeout: float = 5.0
+    #: The address published in C{router.start}'s C{hosts} (gorouter finds its own; set it when
+    #: 127.0.0.1 is not right for your emitters).
+    localIP: str = "127.0.0.1"
 
 
 REGISTRY_KEYS = KeySpec(
@@ -84,6 +87,7 @@ REGISTRY_KEYS = KeySpec(
         "sticky_session_cookie_names",
         "endpoint_timeout",
         "endpoint_dial_timeout",
+        "local_ip",
     )
 )
 NATS_KEYS = KeySpec(known=("hosts", "user", "pass", "token"))
@@ -121,6 +125,7 @@ def parseRouterRegistry(fields: Fields) -> RouterRegistryConfig | None:
         stickyCookieNames=cookies if cookies is not None else default.stickyCookieNames,
         endpointTimeout=_seconds(registry, "endpoint_timeout", default.endpointTimeout, True),
         endpointDialTimeout=_seconds(registry, "endpoint_dial_timeout", default.endpointDialTimeout, True),
+        localIP=registry.string("local_ip", "127.0.0.1") or "127.0.0.1",
     )
 
 

@@ -74,9 +74,13 @@ class HTTPProxyFilter:
         listenerName: str,
         settings: HTTPSettings | None = None,
         rng: random.Random | None = None,
+        registry: Any = None,
     ) -> None:
         self.config = config
         self.rng = rng or random.Random()
+        #: The router registry runtime (L{meshproxy.gorouter.RouterRegistryRuntime}) when the filter
+        #: has C{use_router_registry}: requests no static route takes are looked up there.
+        self.registry = registry
         self.routes = routes
         self.clusters = clusters
         self.pools = pools
@@ -202,6 +206,9 @@ class HTTPServerConnection(Protocol):
         self._upstreamTarget = b""
         self._hashKey: int | None = None
         self._setCookie: bytes | None = None
+        self._decision: Any = None
+        self._preferred: Any = None
+        self._vcapRequestId = b""
         self._metadata: tuple[tuple[str, str], ...] = ()
 
     # -- connection ---------------------------------------------------------------------------
@@ -385,9 +392,15 @@ class HTTPServerConnection(Protocol):
         if self._xfcc is not None or (self.filter.routesUseXFCC and self.filter.sanitizeXFCC):
             headers = self._routingHeaders(headers)
         route = self.filter.routes.route(host, target, head.method, headers)
+        decision = None
         if route is None:
-            self._localReply(404, "no_route")
-            return
+            if self.filter.registry is None:
+                self._localReply(404, "no_route")
+                return
+            decision = self._fromRegistry(host, target, head)
+            if decision is None:
+                return
+            route = decision.route
         self.route = route
         kind = route.kind
         if kind == "direct":
@@ -401,11 +414,14 @@ class HTTPServerConnection(Protocol):
         if clusterName is None:
             self._localReply(404, "no_cluster_header")
             return
-        try:
-            cluster = self.cluster = self.filter.clusters.get(clusterName)
-        except KeyError:
-            self._localReply(503, "cluster_not_found")
-            return
+        if decision is not None:
+            cluster = self.cluster = decision.cluster
+        else:
+            try:
+                cluster = self.cluster = self.filter.clusters.get(clusterName)
+            except KeyError:
+                self._localReply(503, "cluster_not_found")
+                return
         if not cluster.admitRequest():
             self._localReply(503, "upstream_overflow")
             return
@@ -431,20 +447,16 @@ class HTTPServerConnection(Protocol):
         )
         if self._xfcc is not None:
             fields.append((b"X-Forwarded-Client-Cert", self._xfcc))
+        if decision is not None:
+            added = self.filter.registry.requestFields(head.headers)
+            self._vcapRequestId = added[0][1]
+            fields.extend(added)
         self._upstreamFields = fields
         self._upstreamTarget = upstreamTarget
         self._needDispatch = True
 
-    def _routingHeaders(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """
-        The headers routes see: without a client-supplied X-Forwarded-Client-Cert when it is
-        sanitized, plus the one meshproxy sets from the verified client certificate.
-        """
-        if self.filter.sanitizeXFCC:
-            headers = [(name, value) for name, value in headers if name.lower() != XFCC]
-        if self._xfcc is not None:
-            headers = headers + [(XFCC, self._xfcc)]
-        return headers
+    _fromRegistry = httprequest.fromRegistry
+    _routingHeaders = httprequest.routingHeaders
 
     def _variables(self) -> dict[str, bytes]:
         client = self.downstream.clientAddress
@@ -494,6 +506,10 @@ class HTTPServerConnection(Protocol):
     ) -> None:
         if self.state == self.CLOSED:
             return
+        if body is None and error and self._decision is not None and status >= 502:
+            # gorouter's own answer when a registered endpoint failed (X-Cf-Routererror).
+            reply = self.filter.registry.failureReply(status, reason)
+            body, extra = reply.body, list(reply.headers) + (extra or [])
         if body is None:
             body = (f"{status} {reasonPhrase(status).decode()}: {reason}\n" if error else "").encode()
         fields: list[tuple[bytes, bytes]] = []

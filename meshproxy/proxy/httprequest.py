@@ -11,12 +11,43 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from meshproxy.cluster.cluster import UpstreamHost
-from meshproxy.http import chunk, lastChunk, requestHead
+from meshproxy.http import RequestHead, chunk, lastChunk, requestHead
+from meshproxy.proxy.forward import XFCC
+from meshproxy.routing.registrymsg import RouterReply
 
 if TYPE_CHECKING:
     from meshproxy.proxy.http import HTTPServerConnection
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def fromRegistry(conn: HTTPServerConnection, host: bytes | None, target: bytes, head: RequestHead) -> Any:
+    """
+    Ask the router registry for a request no static route took: its decision, or L{None} when
+    it answered by itself (gorouter's 404 C{unknown_route}, 400 C{empty_host}, ...).
+    """
+    client = conn.downstream.clientAddress
+    found = conn.filter.registry.resolve(host, target, head.headers, client[0] if client else None)
+    if isinstance(found, RouterReply):
+        conn._failure = "registry_" + str(found.status)
+        conn.stats.localReply("registry_%d" % found.status)
+        conn._localReply(found.status, "", body=found.body, extra=list(found.headers), error=False)
+        return None
+    conn._decision = found
+    conn._preferred = found.preferred
+    return found
+
+
+def routingHeaders(conn: HTTPServerConnection, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """
+    The headers routes see: without a client-supplied X-Forwarded-Client-Cert when it is
+    sanitized, plus the one meshproxy sets from the verified client certificate.
+    """
+    if conn.filter.sanitizeXFCC:
+        headers = [(name, value) for name, value in headers if name.lower() != XFCC]
+    if conn._xfcc is not None:
+        headers = headers + [(XFCC, conn._xfcc)]
+    return headers
 
 
 def dispatch(conn: HTTPServerConnection, fresh: bool = False) -> None:
@@ -25,8 +56,19 @@ def dispatch(conn: HTTPServerConnection, fresh: bool = False) -> None:
     pooled one); with no host left, answer 502/504 (after tries) or 503.
     """
     cluster = conn.cluster
-    host = cluster.chooseHost(conn._tried, conn._hashKey, conn._metadata)
-    if host is None and conn._retries and conn._tried:
+    preferred = conn._preferred
+    if preferred is not None or (conn._decision is not None and conn._decision.only):
+        # A registry route's instance header (that host only) or sticky session (that host first).
+        conn._preferred = None
+        if preferred is not None and preferred not in conn._tried:
+            host = preferred
+        elif conn._decision.only:
+            host = None
+        else:
+            host = cluster.chooseHost(conn._tried, conn._hashKey, conn._metadata)
+    else:
+        host = cluster.chooseHost(conn._tried, conn._hashKey, conn._metadata)
+    if host is None and conn._retries and conn._tried and not (conn._decision is not None and conn._decision.only):
         # A policy retry after every candidate was tried: go round them again.
         conn._tried = []
         host = cluster.chooseHost((), conn._hashKey, conn._metadata)
@@ -40,6 +82,7 @@ def dispatch(conn: HTTPServerConnection, fresh: bool = False) -> None:
     conn._tried.append(host)
     conn.host = host
     conn.filter.pools.get(cluster).acquire(host, conn, fresh)
+
 
 def connectionReady(conn: HTTPServerConnection, upstream: Any, reused: bool) -> None:
     """
@@ -65,6 +108,8 @@ def connectionReady(conn: HTTPServerConnection, upstream: Any, reused: bool) -> 
         config = upstream.host.config
         hostValue = (config.hostname or config.address).encode("idna" if config.hostname else "ascii")
         fields = [(b"Host", hostValue) if n == b"Host" else (n, v) for n, v in fields]
+    if conn._decision is not None:
+        fields = fields + conn.filter.registry.endpointFields(upstream.host)
     upstream.send(conn, head.method, requestHead(head.method, conn._upstreamTarget, fields))
     queued, conn._queued = conn._queued, []
     conn._queuedBytes = 0
@@ -82,6 +127,7 @@ def connectionReady(conn: HTTPServerConnection, upstream: Any, reused: bool) -> 
             conn._deadline.arm(conn.settings.bodyTimeout, "body")
         conn._pump()
 
+
 def connectionFailed(conn: HTTPServerConnection, host: UpstreamHost | None, reason: str) -> None:
     """
     The pool could not give a connection: try another host, or answer 502/503.
@@ -97,6 +143,7 @@ def connectionFailed(conn: HTTPServerConnection, host: UpstreamHost | None, reas
         conn._localReply(502, reason)
         return
     conn._localReply(503, reason)
+
 
 def requestBody(conn: HTTPServerConnection, data: bytes) -> None:
     """
@@ -115,6 +162,7 @@ def requestBody(conn: HTTPServerConnection, data: bytes) -> None:
     else:
         conn._sendBody(data)
 
+
 def sendBody(conn: HTTPServerConnection, data: bytes) -> None:
     """
     Write body bytes upstream, re-chunked when the request is chunked.
@@ -124,12 +172,14 @@ def sendBody(conn: HTTPServerConnection, data: bytes) -> None:
     else:
         conn.upstream.write(data)
 
+
 def sendEnd(conn: HTTPServerConnection, trailers: list[tuple[bytes, bytes]]) -> None:
     """
     End a chunked request body (with its trailers).
     """
     if conn._requestChunked:
         conn.upstream.write(lastChunk(trailers))
+
 
 def requestEnd(conn: HTTPServerConnection, trailers: list[tuple[bytes, bytes]]) -> None:
     """

@@ -97,6 +97,8 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
     )
     if conn._setCookie is not None:
         fields.append((b"Set-Cookie", conn._setCookie))
+    if conn._decision is not None:
+        fields.extend(conn.filter.registry.responseFields(conn._decision, conn.host, head.headers, conn._vcapRequestId))
     headBytes = serializeResponseHead(status, head.reason or reasonPhrase(status), fields)
     conn.stats.responded(status)
     if hasBody:
