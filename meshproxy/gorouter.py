@@ -33,6 +33,7 @@ from meshproxy.routing.registrymsg import (
     CONNECTION_LIMIT_REACHED,
     ENDPOINT_FAILURE,
     LEAST_CONNECTION,
+    ROUTE_SERVICE_UNSUPPORTED,
     InvalidMessage,
     RouterReply,
     newRouterId,
@@ -351,6 +352,8 @@ class RouterRegistryRuntime(Service):
             return result
         assert isinstance(result, RouteMatch)
         pool = result.pool
+        if pool.routeServiceUrl:
+            return ROUTE_SERVICE_UNSUPPORTED.reply()  # gorouter with route services disabled
         route = self._routes.get(pool.routeKey)
         cluster = self._clusters.get(pool.routeKey)
         if route is None or cluster is None:
