@@ -13,6 +13,8 @@ import os
 import signal
 from typing import Any
 
+import attrs
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -90,6 +92,32 @@ def httpSettings(config: HTTPProxyConfig) -> HTTPSettings:
     )
 
 
+@attrs.frozen
+class BuiltConfig:
+    """
+    The runtime objects of one configuration, before any listener binds.
+    """
+
+    config: Config
+    clusters: ClusterSet
+    routeTables: dict[str, RouteTable]
+    chainTLS: dict[tuple[str, str], Any]
+    listeners: list[tuple[Any, list[FilterChainRuntime]]]
+
+
+def _follow(old: Any, new: list[FilterChainRuntime]) -> None:
+    """
+    Point the HTTP filters of a kept listener's old chains at the new chains' routes, so that open
+    keep-alive connections route their next request with the new configuration.
+    """
+    newer = {(chain.name, i): f for chain in new for i, f in enumerate(chain.filters)}
+    for chain in old:
+        for i, f in enumerate(chain.filters):
+            replacement = newer.get((chain.name, i))
+            if isinstance(f, HTTPProxyFilter) and isinstance(replacement, HTTPProxyFilter):
+                f.follow(replacement)
+
+
 def _usesRegistry(listener: Any) -> bool:
     return any(
         isinstance(f, HTTPProxyConfig) and f.useRouterRegistry for chain in listener.filterChains for f in chain.filters
@@ -154,7 +182,6 @@ class MeshProxyService(MultiService):
         self.state = "starting"
         #: Set by the admin's C{POST /healthcheck/fail} (Envoy's): report not ready, keep serving.
         self.healthcheckFailed = False
-        self.clusters = ClusterSet.fromConfig(config, reactor, self.stats)
         self.pools = PoolSet(reactor, self.stats, dialerFor(HTTPLimits()))
         self.accessLogs = AccessLogs(reactor)
         self.listenerServices: list[ListenerService] = []
@@ -168,36 +195,66 @@ class MeshProxyService(MultiService):
         self.registry: RouterRegistryRuntime | None = None
         if config.routerRegistry is not None:
             self.registry = self._startRegistry(config.routerRegistry)
-        builder = FilterBuilder(self.clusters, self.pools, reactor, self.stats, self.registry)
+        #: The outcome of the last reload, for C{/api/v1/config_dump}.
+        self.lastReload: dict[str, Any] = {"status": "none"}
+        self.reloads = self.stats.counter("config_reload_total", "Configuration reloads applied.")
+        self.reloadFailures = self.stats.counter(
+            "config_reload_failure_total", "Configuration reloads refused (the running one was kept)."
+        )
+        built = self._build(config, None)
+        self._adopt(built)
+        for listenerConfig, chains in built.listeners:
+            self._addListener(listenerConfig, chains)
+
+    def _build(self, config: Config, previous: ClusterSet | None) -> BuiltConfig:
+        """
+        Every runtime object of C{config} except listeners' sockets: clusters (those whose spec did
+        not change are the running ones), route tables, TLS contexts, and each listener's chains.
+
+        @raise ConfigError: a certificate or key cannot be loaded.
+        """
+        clusters = ClusterSet.fromConfig(config, self.reactor, self.stats, previous=previous)
+        builder = FilterBuilder(clusters, self.pools, self.reactor, self.stats, self.registry)
         # Every router, by name (prefixed with its server when names repeat across servers).
-        self.routeTables: dict[str, RouteTable] = {}
+        routeTables: dict[str, RouteTable] = {}
         for i, server in enumerate(config.servers):
             for name, table in RouteTables.fromServer(server).items():
                 key = name if len(config.servers) == 1 else f"{server.name}/{name}"
-                self.routeTables[key] = builder.tables[(i, name)] = table
-        listeners = [(i, server, lc) for i, server in enumerate(config.servers) for lc in server.listeners]
-        # Certificates are read here, once: a broken file is a ConfigError naming it and its JSON path.
-        self.chainTLS = loadListenerTLS(config, reactor, self.stats)
-        for serverIndex, server, listenerConfig in listeners:
-            chains = [
-                FilterChainRuntime(
-                    chain,
-                    [builder.build(f, serverIndex, server, listenerConfig.name) for f in chain.filters],
-                    self.chainTLS.get((listenerConfig.name, chain.name)),
-                )
-                for chain in listenerConfig.filterChains
-            ]
-            factory = ListenerFactory(
-                listenerConfig, chains, reactor, self.stats, self.accessLogs.forListener(listenerConfig.accessLogs)
-            )
-            endpoint = serverFromString(reactor, listenerConfig.endpoint)
-            service = ListenerService(listenerConfig, endpoint, factory)
-            if self.registry is not None and _usesRegistry(listenerConfig):
-                # gorouter opens its proxy port only after start_response_delay_interval.
-                service.holdAccepting()
-                self.registry.whenStarted(service.releaseAccepting)
-            service.setServiceParent(self)
-            self.listenerServices.append(service)
+                routeTables[key] = builder.tables[(i, name)] = table
+        # Certificates are read here: a broken file is a ConfigError naming it and its JSON path.
+        chainTLS = loadListenerTLS(config, self.reactor, self.stats)
+        listeners = []
+        for serverIndex, server in enumerate(config.servers):
+            for listenerConfig in server.listeners:
+                chains = [
+                    FilterChainRuntime(
+                        chain,
+                        [builder.build(f, serverIndex, server, listenerConfig.name) for f in chain.filters],
+                        chainTLS.get((listenerConfig.name, chain.name)),
+                    )
+                    for chain in listenerConfig.filterChains
+                ]
+                listeners.append((listenerConfig, chains))
+        return BuiltConfig(config, clusters, routeTables, chainTLS, listeners)
+
+    def _adopt(self, built: BuiltConfig) -> None:
+        self.config = built.config
+        self.clusters = built.clusters
+        self.routeTables = built.routeTables
+        self.chainTLS = built.chainTLS
+
+    def _addListener(self, listenerConfig: Any, chains: list[FilterChainRuntime]) -> ListenerService:
+        factory = ListenerFactory(
+            listenerConfig, chains, self.reactor, self.stats, self.accessLogs.forListener(listenerConfig.accessLogs)
+        )
+        service = ListenerService(listenerConfig, serverFromString(self.reactor, listenerConfig.endpoint), factory)
+        if self.registry is not None and _usesRegistry(listenerConfig):
+            # gorouter opens its proxy port only after start_response_delay_interval.
+            service.holdAccepting()
+            self.registry.whenStarted(service.releaseAccepting)
+        service.setServiceParent(self)
+        self.listenerServices.append(service)
+        return service
 
     def _startRegistry(self, config: RouterRegistryConfig) -> RouterRegistryRuntime:
         """
@@ -245,28 +302,85 @@ class MeshProxyService(MultiService):
     def _takeSignals(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stopSignal)
-        signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.checkReload))
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload))
         signal.signal(signal.SIGUSR1, lambda signum, frame: self.reactor.callFromThread(self.reopenLogs))
 
-    def checkReload(self) -> bool:
+    def reload(self) -> bool:
         """
-        SIGHUP: re-read and validate the config file and log the outcome.  Applying a new
-        configuration to the running process is not built yet, so nothing changes either way.
+        Re-read the config file and apply it: validate, build, then swap.  Listeners whose endpoint
+        did not change stay bound and take new connections with the new chains; new ones bind;
+        removed ones stop accepting and drain.  Connections and requests in flight finish on the
+        objects they started with.  Clusters whose spec did not change keep their pools and health.
+        A bad file (or one that changes what needs a restart) changes nothing; it is logged, counted
+        and shown by C{/api/v1/config_dump}.
         """
+        now = self.reactor.seconds()
         try:
-            loadConfigFile(self.configPath)
+            config = loadConfigFile(self.configPath)
+            problems = []
+            if config.admin != self.config.admin:
+                problems.append(Problem("admin", "changing the admin endpoint needs a restart"))
+            if config.routerRegistry != self.config.routerRegistry:
+                problems.append(Problem("router_registry", "changing the router registry needs a restart"))
+            if problems:
+                raise ConfigError(tuple(problems))
+            built = self._build(config, self.clusters)
         except ConfigError as e:
+            self.reloadFailures.inc()
+            self.lastReload = {"status": "failed", "at": now, "error": str(e).splitlines()}
             self.log.error(
-                "reload: {path} is invalid; the running configuration is unchanged:\n{problems}",
+                "reload: {path} refused; the running configuration is unchanged:\n{problems}",
                 path=self.configPath, problems=str(e),
             )
             return False
-        self.log.warn(
-            "reload: {path} is valid, but applying a configuration without a restart is not supported "
-            "yet; restart meshproxy to use it",
-            path=self.configPath,
+        old = self.clusters
+        self._adopt(built)
+        for cluster in built.clusters:
+            if cluster not in old:
+                cluster.start()
+        for cluster in old:
+            if cluster not in built.clusters:
+                cluster.stop()
+                self.pools.remove(cluster.name)
+        running = {service.config.name: service for service in self.listenerServices}
+        kept = set()
+        for listenerConfig, chains in built.listeners:
+            service = running.get(listenerConfig.name)
+            if service is not None and service.config.endpoint == listenerConfig.endpoint:
+                service.config = listenerConfig
+                factory = service.listenerFactory
+                _follow(factory.chains, chains)
+                factory.config = listenerConfig
+                factory.chains = tuple(chains)
+                factory.accessLog = self.accessLogs.forListener(listenerConfig.accessLogs)
+                kept.add(listenerConfig.name)
+            else:
+                if service is not None:
+                    self._removeListener(service)
+                self._addListener(listenerConfig, chains)
+                kept.add(listenerConfig.name)
+        for name, service in running.items():
+            if name not in kept:
+                self._removeListener(service)
+        self.accessLogs.start()
+        self.reloads.inc()
+        self.lastReload = {"status": "applied", "at": now}
+        self.log.info(
+            "reload: applied {path}: {listeners} listeners, {clusters} clusters",
+            path=self.configPath, listeners=len(self.listenerServices), clusters=len(self.clusters),
         )
         return True
+
+    def _removeListener(self, service: ListenerService) -> None:
+        self.listenerServices.remove(service)
+        # Detach it without MultiService.removeService, which would stop it a second time.
+        self.services.remove(service)
+        if service.name is not None:
+            self.namedServices.pop(service.name, None)
+        service.parent = None
+        drained = service.stopService()  # stop accepting, drain for the listener's timeout
+        if drained is not None:
+            drained.addErrback(lambda f: self.log.failure("draining a removed listener", f))
 
     def reopenLogs(self) -> None:
         """

@@ -351,3 +351,29 @@ class StrictDNSTests(SynchronousTestCase):
         self.assertEqual(resolver.lookups, [("svc.local", [IPv4Address])])
         self.assertEqual([h.address for h in found[-1]], ["10.0.0.1:80"])
         refresher.stop()
+
+
+class ReloadReuseTests(SynchronousTestCase):
+    """
+    On reload, clusters whose spec did not change are the running objects; the others are new.
+    """
+
+    def test_reuse(self) -> None:
+        """
+        An unchanged cluster keeps its object (and so its health); a changed one is rebuilt.
+        """
+        reactor = MemoryReactorClock()
+        stats = StatsStore()
+        first = parseConfigObject(document(clusters=[clusterDocument(), clusterDocument(name="other")]))
+        running = ClusterSet.fromConfig(first, reactor, stats)
+        backend = running.get("backend")
+        backend.activeHealthChanged(backend.hosts[0], False, "x")
+        second = parseConfigObject(document(clusters=[
+            clusterDocument(), clusterDocument(name="other", connect_timeout="1s"),
+        ]))
+        reloaded = ClusterSet.fromConfig(second, reactor, stats, previous=running)
+        self.assertIs(reloaded.get("backend"), backend)
+        self.assertFalse(reloaded.get("backend").hosts[0].healthy)
+        self.assertIsNot(reloaded.get("other"), running.get("other"))
+        self.assertIn(backend, reloaded)
+        self.assertNotIn(running.get("other"), reloaded)

@@ -59,7 +59,19 @@ class ConfigDumpResource(_Leaf):
     def render_GET(self, request: Request) -> bytes:
         dump = configDump(self.service.config)
         dump["tls_certificates"] = certificateInfo(self.service.chainTLS.values())
+        dump["last_reload"] = self.service.lastReload
         return _json(request, dump)
+
+
+class ReloadResource(_Leaf):
+    """
+    C{POST /api/v1/reload}: re-read the config file and apply it (as SIGHUP does); 200 when applied,
+    400 with the problems when refused (the running configuration is unchanged).
+    """
+
+    def render_POST(self, request: Request) -> bytes:
+        applied = self.service.reload()
+        return _json(request, self.service.lastReload, 200 if applied else 400)
 
 
 class StatsResource(_Leaf):
@@ -200,6 +212,7 @@ def buildAdminSite(service: Any) -> Site:
         "/healthcheck/ok": HealthcheckResource(service, False),
         "/stats/prometheus": PrometheusResource(service),
         "/api/v1/config_dump": ConfigDumpResource(service),
+        "/api/v1/reload": ReloadResource(service),
         "/api/v1/stats": StatsResource(service),
         "/api/v1/states": StatesResource(service),
         "/api/v1/explain": ExplainResource(service),

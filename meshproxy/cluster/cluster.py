@@ -547,16 +547,25 @@ class ClusterSet:
         reactor: IReactorTCP,
         stats: StatsStore,
         rng: random.Random | None = None,
+        previous: ClusterSet | None = None,
     ) -> ClusterSet:
         """
-        Build a L{Cluster} for every configured cluster.
+        Build a L{Cluster} for every configured cluster; a cluster of C{previous} (the running set,
+        on reload) whose spec is unchanged is kept, with its hosts' health and counters.
 
         @raise ConfigError: a cluster's C{tls_context} names a file that cannot be loaded.
         """
         problems = checkClusterTLS(config)
         if problems:
             raise ConfigError(problems)
-        return cls({c.name: Cluster(c, reactor, stats, rng) for c in config.clusters})
+        clusters = {}
+        for c in config.clusters:
+            kept = previous._clusters.get(c.name) if previous is not None else None
+            clusters[c.name] = kept if kept is not None and kept.config == c else Cluster(c, reactor, stats, rng)
+        return cls(clusters)
+
+    def __contains__(self, cluster: object) -> bool:
+        return any(cluster is c for c in self._clusters.values())
 
     def get(self, name: str) -> Cluster:
         """

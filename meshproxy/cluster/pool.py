@@ -89,6 +89,7 @@ class ClusterPool:
         cluster.onHostsRemoved(self._hostsRemoved)
         self.open = 0  # connected (idle or busy) plus connecting
         self.waiters: deque[_Waiter] = deque()
+        self.stopped = False
         labels = {"cluster": cluster.name}
         self.reused = stats.counter("upstream_cx_pool_reuse_total", "Requests sent on a reused pooled connection.", **labels)
         self.overflow = stats.counter(
@@ -104,8 +105,10 @@ class ClusterPool:
 
     def stop(self) -> None:
         """
-        Stop sweeping and close every idle connection (the cluster is being removed).
+        Stop sweeping and close every idle connection (the cluster is being removed); connections
+        still busy are closed when their exchange ends.
         """
+        self.stopped = True
         if self._sweeper.running:
             self._sweeper.stop()
         for connections in self.idle.values():
@@ -190,7 +193,12 @@ class ClusterPool:
         A request on C{connection} finished: keep it for reuse, hand it to a waiter for the same
         host, or close it.
         """
-        if reusable and connection.requestsSent < self.maxRequestsPerConnection and connection.host.healthy:
+        if (
+            reusable
+            and not self.stopped
+            and connection.requestsSent < self.maxRequestsPerConnection
+            and connection.host.healthy
+        ):
             for waiter in self.waiters:
                 if waiter.host is connection.host:
                     self.waiters.remove(waiter)

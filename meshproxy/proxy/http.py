@@ -11,6 +11,7 @@ A 101 answer to an Upgrade switches both sides to a raw relay.
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -92,9 +93,24 @@ class HTTPProxyFilter:
         self.sanitizeXFCC = mode in ("SANITIZE", "SANITIZE_SET")
         self.setXFCC = mode in ("SANITIZE_SET", "APPEND_FORWARD")
         self.dropSets = RequestDropSets(frozenset([XFCC]) if self.sanitizeXFCC else frozenset())
+        self._followers: weakref.WeakSet[HTTPProxyFilter] = weakref.WeakSet()
         # Routes that match on X-Forwarded-Client-Cert must not see one the client made up.
         self.routesUseXFCC = routes.matchesHeader(XFCC)
         self.requestIds = RequestIds()
+
+    def follow(self, newer: HTTPProxyFilter) -> None:
+        """
+        After a reload: route the next requests of this filter's open connections with C{newer}'s
+        route table and clusters (requests in flight keep the route and cluster they started with).
+        """
+        for follower in [self, *self._followers]:
+            follower.routes = newer.routes
+            follower.clusters = newer.clusters
+            follower.dropSets = newer.dropSets  # cached by route identity: never mix two tables' routes
+            follower.routesUseXFCC = newer.routesUseXFCC
+            follower.registry = newer.registry
+            newer._followers.add(follower)  # and the reload after next, for connections still open
+        self._followers.clear()
 
     def acceptsProtocol(self, protocol: str) -> bool:
         """
