@@ -572,31 +572,6 @@ class HTTPServerConnection(Protocol):
                 self._readPaused = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
 
-    # -- deadlines -------------------------------------------------------------------------------
+    # -- deadlines: in meshproxy.proxy.httpresponse ----------------------------------------------
 
-    def _timedOut(self, kind: str) -> None:
-        if kind == "idle":
-            self.state = self.CLOSED
-            self.transport.loseConnection()  # type: ignore[union-attr]
-        elif kind == "header":
-            self.stats.rejected("header_timeout")
-            self._localReply(408, "request_header_timeout", close=True)
-        elif kind == "response":
-            self._abortUpstream()
-            if self.host is not None:
-                self.cluster.hostFailed(self.host, "timeout")
-            if self.retryAllowed("timeout"):
-                self.retry("upstream_timeout")
-                return
-            self._localReply(504, "upstream_timeout", close=not self._requestDone)
-        elif kind == "body":
-            remaining = self._lastActivity + self.settings.bodyTimeout - self.clock.seconds()
-            if remaining > 0.001:
-                self._deadline.arm(remaining, "body")
-                return
-            self._abortUpstream()
-            if self._responseStarted:
-                self.transport.abortConnection()  # type: ignore[union-attr]
-            else:
-                self._localReply(408, "request_body_timeout", close=True)
-
+    _timedOut = httpresponse.timedOut

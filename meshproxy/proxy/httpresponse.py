@@ -1,6 +1,7 @@
 """
 The response half of the HTTP connection manager: what the upstream connection calls as the
-response arrives (head, body, end, failure, protocol switch), relaying it to the client.
+response arrives (head, body, end, failure, protocol switch), relaying it to the client; the retry
+decisions; and what the connection's one deadline does when it passes.
 
 Functions of the connection (its methods: L{meshproxy.proxy.http.HTTPServerConnection} binds them
 as class attributes), kept apart so that each file reads in one sitting.
@@ -287,3 +288,34 @@ def _backedOff(conn: HTTPServerConnection) -> None:
     conn._backoff = None
     if conn.state == conn.UPSTREAM and conn.upstream is None:
         conn._dispatch()
+
+
+def timedOut(conn: HTTPServerConnection, kind: str) -> None:
+    """
+    The connection's one deadline passed; C{kind} says which: idle keep-alive (close), request head
+    (408), response head (504, or a retry), body inactivity (408, or abort mid-response).
+    """
+    if kind == "idle":
+        conn.state = conn.CLOSED
+        conn.transport.loseConnection()  # type: ignore[union-attr]
+    elif kind == "header":
+        conn.stats.rejected("header_timeout")
+        conn._localReply(408, "request_header_timeout", close=True)
+    elif kind == "response":
+        conn._abortUpstream()
+        if conn.host is not None:
+            conn.cluster.hostFailed(conn.host, "timeout")
+        if conn.retryAllowed("timeout"):
+            conn.retry("upstream_timeout")
+            return
+        conn._localReply(504, "upstream_timeout", close=not conn._requestDone)
+    elif kind == "body":
+        remaining = conn._lastActivity + conn.settings.bodyTimeout - conn.clock.seconds()
+        if remaining > 0.001:
+            conn._deadline.arm(remaining, "body")
+            return
+        conn._abortUpstream()
+        if conn._responseStarted:
+            conn.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            conn._localReply(408, "request_body_timeout", close=True)
