@@ -10,6 +10,8 @@ import http.client
 import json
 import os
 import signal
+import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -18,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration.harness import MeshProxy, connect, freePort, waitFor
 from tests.integration.httpbackends import HTTPBackend, echo
+from tests.tlscerts import PKI
 
 
 def document(port: int, backend: str, version: str, extraListener: int | None = None) -> dict[str, Any]:
@@ -194,3 +197,47 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(connection.getresponse().read(), b"v0")
         connection.close()
         self.assertEqual(self.proxy.stats().get("meshproxy_config_reload_failure_total{}"), 2)
+
+    def test_brokenCertificateKeepsTheOld(self) -> None:
+        """
+        A reload whose certificate file cannot be read is refused, naming the file's JSON path; the
+        running listeners keep serving.
+        """
+        doc = document(self.port, self.backend.address, "v1")
+        chain = doc["servers"][0]["listeners"][0]["filter_chains"][0]
+        chain["tls_context"] = {"status": True, "cert_chain": "/nonexistent/cert.pem", "private_key": "/nonexistent/key.pem"}
+        self.write(doc)
+        code, body = self.proxy.admin("/api/v1/reload", method="POST")
+        self.assertEqual(code, 400)
+        errors = " ".join(json.loads(body)["error"])
+        self.assertIn("filter_chains[0].tls_context.cert_chain", errors)
+        self.assertIn("/nonexistent/cert.pem", errors)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        connection.request("GET", "/version")
+        self.assertEqual(connection.getresponse().read(), b"v0")
+        connection.close()
+
+    def test_newCertificateServed(self) -> None:
+        """
+        A reload that names another certificate serves it to new connections.
+        """
+        pki = PKI()
+        paths = pki.writeAll(os.path.join(self.workdir, "pki"))
+
+        def served() -> str:
+            context = ssl.create_default_context(cafile=paths["ca"][0])
+            context.check_hostname = False
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="a.example.com") as tls:
+                    certificate = tls.getpeercert()
+            return dict(pair[0] for pair in certificate["subject"])["commonName"]
+
+        for name in ("a", "b"):
+            doc = document(self.port, self.backend.address, "v1")
+            cert, key = paths[name]
+            doc["servers"][0]["listeners"][0]["filter_chains"][0]["tls_context"] = {
+                "status": True, "cert_chain": cert, "private_key": key}
+            self.write(doc)
+            code, _ = self.proxy.admin("/api/v1/reload", method="POST")
+            self.assertEqual(code, 200)
+            self.assertEqual(served(), f"{name}.example.com")
