@@ -54,14 +54,20 @@ class RegistryDecision:
     first (an instance header, a sticky session), and the C{__VCAP_ID__} it asked for.
     """
 
-    __slots__ = ("route", "cluster", "preferred", "only", "sticky")
+    __slots__ = ("route", "cluster", "preferred", "only", "sticky", "maxConns", "connectRetries")
 
-    def __init__(self, route: RegistryRoute, cluster: Cluster, preferred: Any, only: bool, sticky: bytes | None):
+    def __init__(
+        self, route: RegistryRoute, cluster: Cluster, preferred: Any, only: bool, sticky: bytes | None,
+        maxConns: int = 0, connectRetries: int = 2,
+    ):
         self.route = route
         self.cluster = cluster
         self.preferred = preferred
         self.only = only
         self.sticky = sticky
+        #: gorouter's C{backends.max_conns} (0: none) and C{max_attempts - 1}.
+        self.maxConns = maxConns
+        self.connectRetries = connectRetries
 
 
 class RegistryRoute:
@@ -381,7 +387,11 @@ class RouterRegistryRuntime(Service):
                 endpoint = pool.findById(sticky)
                 if endpoint is not None:
                     preferred = next((h for h in cluster.hosts if h.address == endpoint.address and h.healthy), None)
-        return RegistryDecision(route, cluster, preferred, only, sticky)
+                if preferred is not None and self.config.maxConns and preferred.activeRequests >= self.config.maxConns:
+                    preferred = None  # gorouter: an overloaded sticky instance is skipped
+        return RegistryDecision(
+            route, cluster, preferred, only, sticky, self.config.maxConns, max(self.config.maxAttempts - 1, 0)
+        )
 
     def endpointFields(self, host: Any) -> list[tuple[bytes, bytes]]:
         """
@@ -454,16 +464,18 @@ class RouterRegistryRuntime(Service):
             return cookie
         return cookie + b"; HttpOnly"
 
+    def limitReply(self, head: Any) -> RouterReply:
+        """
+        gorouter's 503 when every endpoint of the route is at C{max_conns}.
+        """
+        return CONNECTION_LIMIT_REACHED.reply(host=(head.host or b"").decode("latin-1"))
+
     def failureReply(self, status: int, reason: str) -> RouterReply:
         """
         gorouter's answer when the endpoints failed a request (C{endpoint_failure}).
         """
         self.badGateways += 1
-        reply = ENDPOINT_FAILURE.reply(reason)
-        if status != 502:
-            return RouterReply(status, reply.headers, reply.body.replace(b"502 Bad Gateway", b"%d %s" % (
-                status, b"Gateway Timeout" if status == 504 else b"Service Unavailable")))
-        return reply
+        return ENDPOINT_FAILURE.reply(reason)  # always 502 in gorouter, timeouts included
 
     # -- gorouter's status endpoints --------------------------------------------------------------
 

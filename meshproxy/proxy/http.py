@@ -525,7 +525,7 @@ class HTTPServerConnection(Protocol):
         if body is None and error and self._decision is not None and status >= 502:
             # gorouter's own answer when a registered endpoint failed (X-Cf-Routererror).
             reply = self.filter.registry.failureReply(status, reason)
-            body, extra = reply.body, list(reply.headers) + (extra or [])
+            status, body, extra = reply.status, reply.body, list(reply.headers) + (extra or [])
         if body is None:
             body = (f"{status} {reasonPhrase(status).decode()}: {reason}\n" if error else "").encode()
         fields: list[tuple[bytes, bytes]] = []

@@ -56,31 +56,48 @@ def dispatch(conn: HTTPServerConnection, fresh: bool = False) -> None:
     pooled one); with no host left, answer 502/504 (after tries) or 503.
     """
     cluster = conn.cluster
+    decision = conn._decision
+    exclude: Any = conn._tried
+    overloaded: list[Any] = []
+    if decision is not None and decision.maxConns:
+        # gorouter's max_conns: an endpoint with that many requests in flight is skipped.
+        overloaded = [h for h in cluster.hosts if h.activeRequests >= decision.maxConns and h is not conn._activeHost]
+        exclude = conn._tried + overloaded
     preferred = conn._preferred
-    if preferred is not None or (conn._decision is not None and conn._decision.only):
+    if preferred is not None or (decision is not None and decision.only):
         # A registry route's instance header (that host only) or sticky session (that host first).
         conn._preferred = None
-        if preferred is not None and preferred not in conn._tried:
+        if preferred is not None and preferred not in exclude:
             host = preferred
-        elif conn._decision.only:
+        elif decision.only:
             host = None
         else:
-            host = cluster.chooseHost(conn._tried, conn._hashKey, conn._metadata)
+            host = cluster.chooseHost(exclude, conn._hashKey, conn._metadata)
     else:
-        host = cluster.chooseHost(conn._tried, conn._hashKey, conn._metadata)
-    if host is None and conn._retries and conn._tried and not (conn._decision is not None and conn._decision.only):
+        host = cluster.chooseHost(exclude, conn._hashKey, conn._metadata)
+    if host is None and conn._retries and conn._tried and not (decision is not None and decision.only):
         # A policy retry after every candidate was tried: go round them again.
         conn._tried = []
-        host = cluster.chooseHost((), conn._hashKey, conn._metadata)
+        host = cluster.chooseHost(overloaded, conn._hashKey, conn._metadata)
     if host is None:
         if conn._tried:
             failure = conn._lastFailure or "upstream_connect_failed"
             conn._localReply(504 if failure == "upstream_timeout" else 502, failure)
+        elif overloaded:
+            reply = conn.filter.registry.limitReply(conn.head)
+            conn._localReply(reply.status, "upstream_max_conns", body=reply.body, extra=list(reply.headers))
         else:
             conn._localReply(503, "no_healthy_upstream")
         return
     conn._tried.append(host)
     conn.host = host
+    # Counted when chosen, so that balancing and limits see requests still waiting for a connection.
+    if conn._activeHost is not host:
+        if conn._activeHost is not None:
+            conn._activeHost.activeRequests -= 1
+        conn._activeHost = host
+        host.activeRequests += 1
+        host.requestsTotal.value += 1
     conn.filter.pools.get(cluster).acquire(host, conn, fresh)
 
 
@@ -94,13 +111,6 @@ def connectionReady(conn: HTTPServerConnection, upstream: Any, reused: bool) -> 
     assert conn.head is not None
     conn.upstream = upstream
     conn._reused = reused
-    host = upstream.host
-    if conn._activeHost is not host:
-        if conn._activeHost is not None:
-            conn._activeHost.activeRequests -= 1
-        conn._activeHost = host
-        host.activeRequests += 1
-        host.requestsTotal.value += 1
     head = conn.head
     fields = conn._upstreamFields
     if conn.route.autoHostRewrite:
@@ -136,7 +146,8 @@ def connectionFailed(conn: HTTPServerConnection, host: UpstreamHost | None, reas
         return
     if reason in ("upstream_connect_failed", "upstream_connect_timeout"):
         conn._lastFailure = reason
-        if len(conn._tried) <= conn.settings.maxConnectRetries:
+        retries = conn._decision.connectRetries if conn._decision is not None else conn.settings.maxConnectRetries
+        if len(conn._tried) <= retries:
             conn.stats.retries.inc()
             conn._dispatch()
             return

@@ -36,7 +36,8 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         return
     if status >= 200 or status == 101:
         host = conn.host
-        if 502 <= status <= 504:
+        # A registry route's answers are the app's own: gorouter never marks an endpoint for them.
+        if 502 <= status <= 504 and conn._decision is None:
             conn.cluster.hostFailed(host, "status_5xx")
         else:
             conn.cluster.hostSucceeded(host)
@@ -305,7 +306,8 @@ def timedOut(conn: HTTPServerConnection, kind: str) -> None:
         conn._abortUpstream()
         if conn.host is not None:
             conn.cluster.hostFailed(conn.host, "timeout")
-        if conn.retryAllowed("timeout"):
+        # gorouter's endpoint_timeout bounds the whole request: a registry route never retries it.
+        if conn._decision is None and conn.retryAllowed("timeout"):
             conn.retry("upstream_timeout")
             return
         conn._localReply(504, "upstream_timeout", close=not conn._requestDone)
