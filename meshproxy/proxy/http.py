@@ -523,9 +523,13 @@ class HTTPServerConnection(Protocol):
         if self.state == self.CLOSED:
             return
         if body is None and error and self._decision is not None and status >= 502:
-            # gorouter's own answer when a registered endpoint failed (X-Cf-Routererror).
+            # gorouter's own answer when a registered endpoint failed (X-Cf-Routererror), and
+            # nothing of meshproxy's: clients must not tell the two apart.
             reply = self.filter.registry.failureReply(status, reason)
             status, body, extra = reply.status, reply.body, list(reply.headers) + (extra or [])
+            self._failure = reason
+            self.stats.localReply(reason)
+            error = False
         if body is None:
             body = (f"{status} {reasonPhrase(status).decode()}: {reason}\n" if error else "").encode()
         fields: list[tuple[bytes, bytes]] = []

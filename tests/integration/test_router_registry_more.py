@@ -534,6 +534,7 @@ class ProxyingTests(RegistryTestCase):
             self.assertEqual(body, ENDPOINT_FAILURE_BODY)
             self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
             self.assertEqual(headers["x-content-type-options"], "nosniff")
+            self.assertNotIn("x-meshproxy-error", headers)  # nothing tells meshproxy from gorouter
 
     def test_connectionLimit(self) -> None:
         """
