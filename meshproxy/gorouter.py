@@ -470,7 +470,7 @@ class RouterRegistryRuntime(Service):
         """
         return CONNECTION_LIMIT_REACHED.reply(host=(head.host or b"").decode("latin-1"))
 
-    def failureReply(self, status: int, reason: str) -> RouterReply:
+    def failureReply(self, reason: str) -> RouterReply:
         """
         gorouter's answer when the endpoints failed a request (C{endpoint_failure}).
         """

@@ -182,7 +182,7 @@ class MeshProxyService(MultiService):
         self.state = "starting"
         #: Set by the admin's C{POST /healthcheck/fail} (Envoy's): report not ready, keep serving.
         self.healthcheckFailed = False
-        self.pools = PoolSet(reactor, self.stats, dialerFor(HTTPLimits()))
+        self.pools = PoolSet(reactor, dialerFor(HTTPLimits()))
         self.accessLogs = AccessLogs(reactor)
         self.listenerServices: list[ListenerService] = []
         admin = StreamServerEndpointService(

@@ -98,7 +98,7 @@ class ProxyHarness:
         server = self.config.servers[0]
         listenerConfig = server.listeners[0]
         self.clusters = ClusterSet.fromConfig(self.config, self.reactor, self.stats)
-        self.pools = PoolSet(self.reactor, self.stats, dialerFor(HTTPLimits()))
+        self.pools = PoolSet(self.reactor, dialerFor(HTTPLimits()))
         table = RouteTables.fromServer(server)["r"]
         filterConfig = listenerConfig.filterChains[0].filters[0]
         assert isinstance(filterConfig, HTTPProxyConfig)

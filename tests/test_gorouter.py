@@ -80,7 +80,7 @@ class RuntimeTests(SynchronousTestCase):
             nats=NATSConfig(hosts=(("127.0.0.1", 4222),)), startResponseDelay=2.0, dropletStaleThreshold=10.0,
             pruneInterval=1.0, localIP="10.0.0.9",
         )
-        pools = PoolSet(self.reactor, self.stats, dialerFor(HTTPLimits()))
+        pools = PoolSet(self.reactor, dialerFor(HTTPLimits()))
         self.runtime = RouterRegistryRuntime(config, self.reactor, self.stats, pools, nats=self.nats, routerId="0-x")
         self.runtime.startService()
         self.addCleanup(self.runtime.stopService)

@@ -64,7 +64,7 @@ class PoolTestMixin:
         self.cluster = self.clusters.get("backend")
         self.a, self.b = self.cluster.hosts
         self.dials: list[tuple[UpstreamHost, Any, Any]] = []
-        self.pools = PoolSet(self.clock, self.stats, self.dial)
+        self.pools = PoolSet(self.clock, self.dial)
         self.pool = self.pools.get(self.cluster)
         self.log: list[tuple[str, str, Any]] = []
 

@@ -251,9 +251,8 @@ class PoolSet:
     One L{ClusterPool} per cluster, built on first use.
     """
 
-    def __init__(self, clock: IReactorTime, stats: StatsStore, connect: Any) -> None:
+    def __init__(self, clock: IReactorTime, connect: Any) -> None:
         self._clock = clock
-        self._stats = stats
         self._connect = connect
         self._pools: dict[str, ClusterPool] = {}
 

@@ -525,7 +525,7 @@ class HTTPServerConnection(Protocol):
         if body is None and error and self._decision is not None and status >= 502:
             # gorouter's own answer when a registered endpoint failed (X-Cf-Routererror), and
             # nothing of meshproxy's: clients must not tell the two apart.
-            reply = self.filter.registry.failureReply(status, reason)
+            reply = self.filter.registry.failureReply(reason)
             status, body, extra = reply.status, reply.body, list(reply.headers) + (extra or [])
             self._failure = reason
             self.stats.localReply(reason)

@@ -56,6 +56,42 @@ def get(port: int, host: str, path: str = "/", headers: dict[str, str] | None = 
         connection.close()
 
 
+def startRegistryProxy(
+    test: SynchronousTestCase, workdir: str, natsPorts: list[int], server: dict[str, Any] | None = None,
+    **registry: Any,
+) -> tuple[MeshProxy, tuple[int, int, int]]:
+    """
+    Start a meshproxy whose listener falls back to the router registry on the NATS servers at
+    C{natsPorts} (static routes: C{static.example.com}); return it with its proxy, status and routes
+    ports.  C{registry} overrides keys of the C{router_registry} section.
+    """
+    port, statusPort, routesPort = freePort(), freePort(), freePort()
+    doc = {
+        "servers": [{
+            "routers": [{"router_config_name": "r", "virtual_hosts": [{  # (an empty list is refused)
+                "name": "static", "domains": ["static.example.com"],
+                "routers": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "static"}}]}]}],
+            "listeners": [{"name": "web", "address": f"127.0.0.1:{port}", "filter_chains": [{"filters": [
+                {"type": "proxy", "config": {"downstream_protocol": "Http1", "router_config_name": "r",
+                                             "use_router_registry": True}}]}]}],
+            **(server or {}),
+        }],
+        "router_registry": {
+            "nats": {"hosts": [{"hostname": "127.0.0.1", "port": p} for p in natsPorts]},
+            "status": {"port": statusPort, "user": "status", "pass": "secret", "routes": {"port": routesPort}},
+            "start_response_delay_interval": "200ms",
+            "prune_stale_droplets_interval": "200ms",
+            **registry,
+        },
+    }
+    proxyDir = os.path.join(workdir, f"proxy{port}")
+    os.makedirs(proxyDir)
+    proxy = MeshProxy(doc, proxyDir)
+    proxy.start()
+    test.addCleanup(proxy.stop)
+    return proxy, (port, statusPort, routesPort)
+
+
 class RouterRegistryTests(SynchronousTestCase):
     """
     One meshproxy whose HTTP listener falls back to the registry, fed by a real nats-server.
@@ -74,31 +110,9 @@ class RouterRegistryTests(SynchronousTestCase):
             self.addCleanup(backend.stop)
 
     def startProxy(self, **registry: Any) -> tuple[MeshProxy, int, int, int]:
-        port, statusPort, routesPort = freePort(), freePort(), freePort()
-        doc = {
-            "servers": [{
-                "routers": [{"router_config_name": "r", "virtual_hosts": [{
-                    "name": "static", "domains": ["static.example.com"],
-                    "routers": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "static"}}]}]}],
-                "listeners": [{"name": "web", "address": f"127.0.0.1:{port}", "filter_chains": [{"filters": [
-                    {"type": "proxy", "config": {"downstream_protocol": "Http1", "router_config_name": "r",
-                                                 "use_router_registry": True}}]}]}],
-            }],
-            "router_registry": {
-                "nats": {"hosts": [{"hostname": "127.0.0.1", "port": self.nats.address[1]}]},
-                "status": {"port": statusPort, "user": "status", "pass": "secret", "routes": {"port": routesPort}},
-                "start_response_delay_interval": "200ms",
-                "prune_stale_droplets_interval": "200ms",
-                **registry,
-            },
-        }
-        proxyDir = os.path.join(self.workdir, f"proxy{port}")
-        os.makedirs(proxyDir)
-        proxy = MeshProxy(doc, proxyDir)
-        proxy.start()
-        self.addCleanup(proxy.stop)
-        self.assertTrue(waitFor(lambda: self.statusCode(statusPort) == 200, timeout=10), proxy.log())
-        return proxy, port, statusPort, routesPort
+        proxy, ports = startRegistryProxy(self, self.workdir, [self.nats.address[1]], **registry)
+        self.assertTrue(waitFor(lambda: self.statusCode(ports[1]) == 200, timeout=10), proxy.log())
+        return (proxy, *ports)
 
     def statusCode(self, port: int, path: str = "/health") -> int:
         try:

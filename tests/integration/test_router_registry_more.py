@@ -28,7 +28,7 @@ from tests.integration.harness import MeshProxy, freePort, waitFor
 from tests.integration.httpbackends import BackendConnection, HTTPBackend, WebSocketServer, echo
 from tests.integration.httpwire import Request, Wire, readResponse
 from tests.integration.natsserver import SKIP_REASON, NATSCluster, NATSServer, natsServerPath
-from tests.integration.test_router_registry import APP, get, natsPublish, register
+from tests.integration.test_router_registry import APP, get, natsPublish, register, startRegistryProxy
 
 ENDPOINT_FAILURE_BODY = b"502 Bad Gateway: Registered endpoint failed to handle the request.\n"
 
@@ -218,30 +218,7 @@ class RegistryTestCase(SynchronousTestCase):
         A meshproxy whose listener falls back to the registry; returns it with its proxy, status
         and routes ports.
         """
-        port, statusPort, routesPort = freePort(), freePort(), freePort()
-        doc = {
-            "servers": [{
-                "routers": [{"router_config_name": "r", "virtual_hosts": [{  # (an empty list is refused)
-                    "name": "static", "domains": ["static.example.com"],
-                    "routers": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "static"}}]}]}],
-                "listeners": [{"name": "web", "address": f"127.0.0.1:{port}", "filter_chains": [{"filters": [
-                    {"type": "proxy", "config": {"downstream_protocol": "Http1", "router_config_name": "r",
-                                                 "use_router_registry": True}}]}]}],
-                **(server or {}),
-            }],
-            "router_registry": {
-                "nats": {"hosts": [{"hostname": "127.0.0.1", "port": p} for p in natsPorts]},
-                "status": {"port": statusPort, "user": "status", "pass": "secret", "routes": {"port": routesPort}},
-                "start_response_delay_interval": "200ms",
-                "prune_stale_droplets_interval": "200ms",
-                **registry,
-            },
-        }
-        proxyDir = os.path.join(self.workdir, f"proxy{port}")
-        os.makedirs(proxyDir)
-        proxy = MeshProxy(doc, proxyDir)
-        proxy.start()
-        self.addCleanup(proxy.stop)
+        proxy, (port, statusPort, routesPort) = startRegistryProxy(self, self.workdir, natsPorts, server, **registry)
         self.routesPort = routesPort
         if waitHealthy:
             self.assertTrue(waitFor(lambda: self.code(statusPort, "/health") == 200, timeout=10), proxy.log())
