@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from meshproxy import fastpoll
 from meshproxy.accesslog import AccessLogs
 from meshproxy.cluster.cluster import ClusterSet, checkClusterTLS
 from meshproxy.cluster.pool import PoolSet
@@ -169,9 +170,11 @@ class MeshProxyService(MultiService):
         stats: StatsStore | None = None,
         configPath: str = "",
         installSignalHandlers: bool = False,
+        fastPoll: bool = False,
     ) -> None:
         super().__init__()
         self._installSignalHandlers = installSignalHandlers
+        self._fastPoll = fastPoll
         # Imported here: the admin package imports this module's states.
         from meshproxy.admin.resources import buildAdminSite
 
@@ -288,6 +291,8 @@ class MeshProxyService(MultiService):
         self.clusters.start()
         super().startService()
         self.state = "running"
+        if self._fastPoll and fastpoll.install(self.reactor):
+            self.log.debug("epoll events dispatched without the legacy log context (meshproxy.fastpoll)")
         if self._installSignalHandlers:
             # twistd's own handlers make the process exit *by* the signal once the reactor stops;
             # a drained, orderly stop is a success, so exit 0 instead.  The reactor installs its

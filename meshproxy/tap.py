@@ -38,7 +38,7 @@ def makeService(options: Options) -> IService:
     path = options["config"]
     try:
         config = loadConfigFile(path)
-        return MeshProxyService(config, reactor, configPath=path, installSignalHandlers=True)
+        return MeshProxyService(config, reactor, configPath=path, installSignalHandlers=True, fastPoll=True)
     except ConfigError as e:
         sys.stderr.write(f"meshproxy: {path}: invalid configuration:\n{e}\n")
         sys.stderr.flush()

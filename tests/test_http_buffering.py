@@ -190,3 +190,70 @@ class EOFTests(SynchronousTestCase):
         parser.feedEOF()
         events = [parser.nextEvent() for _ in range(4)]
         self.assertEqual(events[1:], [BodyData(b"x"), EndOfMessage(), ConnectionClosed()])
+
+
+class TakeBodyTests(SynchronousTestCase):
+    """
+    L{HTTP1Parser.takeBody} hands out a whole length-framed body in one call when it is already
+    buffered, and otherwise changes nothing.
+    """
+
+    def test_wholeBody(self) -> None:
+        """
+        A response whose body arrived with its head: the body, and the parser is between
+        messages (a pipelined one after it parses next).
+        """
+        parser = HTTP1Parser(CLIENT)
+        parser.expectResponse(b"GET")
+        parser.expectResponse(b"GET")
+        parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(parser.nextEvent().status, 200)  # type: ignore[union-attr]
+        self.assertEqual(parser.takeBody(), b"abc")
+        self.assertEqual(parser.nextEvent().status, 204)  # type: ignore[union-attr]
+        self.assertEqual(parser.takeBody(), b"")
+        self.assertIs(parser.nextEvent(), NEED_DATA)
+        self.assertEqual(parser.bufferedBytes, 0)
+
+    def test_sameObject(self) -> None:
+        """
+        A fed chunk that is exactly the body comes back as the same object.
+        """
+        parser = HTTP1Parser(SERVER)
+        parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        parser.nextEvent()
+        self.assertIsNone(parser.takeBody())
+        body = b"hello"
+        parser.feed(body)
+        self.assertIs(parser.takeBody(), body)
+
+    def test_notWhole(self) -> None:
+        """
+        A partial body, a chunked one, or no message at all: L{None}, and the events that follow
+        are the ones there would have been.
+        """
+        parser = HTTP1Parser(SERVER)
+        self.assertIsNone(parser.takeBody())
+        parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab")
+        parser.nextEvent()
+        self.assertIsNone(parser.takeBody())
+        self.assertEqual(parser.nextEvent(), BodyData(b"ab"))
+        parser.feed(b"cde")
+        self.assertEqual(parser.takeBody(), b"cde")
+        parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n")
+        parser.nextEvent()
+        self.assertIsNone(parser.takeBody())
+        self.assertEqual(parser.nextEvent(), BodyData(b"a"))
+        self.assertEqual(parser.nextEvent(), EndOfMessage([]))
+
+    def test_lastMessage(self) -> None:
+        """
+        The body of a message after which the connection closes: taken, and the parser is
+        finished (it reports the close once EOF comes).
+        """
+        parser = HTTP1Parser(SERVER)
+        parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nokGET")
+        parser.nextEvent()
+        self.assertEqual(parser.takeBody(), b"ok")
+        self.assertEqual(parser.bufferedBytes, 0)
+        parser.feedEOF()
+        self.assertIsInstance(parser.nextEvent(), ConnectionClosed)

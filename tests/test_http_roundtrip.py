@@ -242,3 +242,33 @@ class RobustnessTests(SynchronousTestCase):
             feedAll(parser, [mutated[i : i + 7] for i in range(0, len(mutated), 7)])
         except HTTPParseError:
             pass
+
+
+class FieldPatternTests(SynchronousTestCase):
+    """
+    L{splitFields} takes a pattern without end-of-value backtracking when no line ends in
+    whitespace; on such sections it must find exactly what the general pattern finds.
+    """
+
+    @slow
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(names, values).map(lambda f: f[0] + b":" + b" " * (len(f[1]) % 3) + f[1]),
+                st.binary(max_size=30),
+            ),
+            max_size=8,
+        )
+    )
+    def test_samePairs(self, lines: list[bytes]) -> None:
+        """
+        Sections of valid and arbitrary lines split the same both ways (or are refused both ways).
+        """
+        from meshproxy.http import fields
+
+        section = b"".join(line + b"\r\n" for line in lines)
+        general = fields._FIELD_LINE.findall(section)
+        general = general if len(general) == section.count(b"\n") else None
+        self.assertEqual(fields.splitFields(section), general)
+        if b" \r\n" not in section and b"\t\r\n" not in section:
+            self.assertEqual(fields._FIELD_LINE_UNPADDED.findall(section), fields._FIELD_LINE.findall(section))

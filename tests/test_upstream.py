@@ -48,6 +48,9 @@ class RecordingExchange:
     def responseHead(self, head: ResponseHead) -> None:
         self.events.append(("head", head.status))
 
+    def responseWhole(self, head: ResponseHead, body: bytes) -> None:
+        self.events.append(("whole", (head.status, body)))
+
     def responseBody(self, data: bytes) -> None:
         self.events.append(("body", data))
 
@@ -147,7 +150,33 @@ class UpstreamConnectionTests(UpstreamTestMixin, SynchronousTestCase):
         self.connect()
         self.connection.send(self.exchange, b"HEAD", b"HEAD / HTTP/1.1\r\n\r\n")
         self.transport.deliver(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-        self.assertEqual(self.exchange.events, [("head", 200), ("end", [])])
+        self.assertEqual(self.exchange.events, [("whole", (200, b""))])
+
+    def test_wholeResponse(self) -> None:
+        """
+        A length-framed response that arrives in one read goes to the exchange in one call with its
+        whole body, and ends the exchange; a response arriving in pieces still streams as events.
+        A chunked one always streams.
+        """
+        self.connect()
+        self.connection.send(self.exchange, b"GET", b"GET / HTTP/1.1\r\n\r\n")
+        self.transport.deliver(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcde")
+        self.assertEqual(self.exchange.events, [("whole", (200, b"abcde"))])
+        self.assertIsNone(self.connection.exchange)
+        self.assertTrue(self.connection.responseKeepAlive)
+        self.connection.finished(True)
+        self.exchange.events.clear()
+        self.connection.send(self.exchange, b"GET", b"GET / HTTP/1.1\r\n\r\n")
+        self.transport.deliver(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc")
+        self.transport.deliver(b"de")
+        self.assertEqual(self.exchange.events, [("head", 200), ("body", b"abc"), ("flush", None), ("body", b"de"),
+                                                ("end", [])])
+        self.connection.finished(True)
+        self.exchange.events.clear()
+        self.connection.send(self.exchange, b"GET", b"GET / HTTP/1.1\r\n\r\n")
+        self.transport.deliver(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n")
+        self.assertEqual(self.exchange.events, [("head", 200), ("body", b"a"), ("end", [])])
+        self.assertEqual([c[0] for c in self.pool.calls], ["release", "release"])
 
     def test_finished(self) -> None:
         """

@@ -195,6 +195,10 @@ class BodyParser:
         self._pos = 0
 
     def _endMessage(self, trailers: Headers | None) -> EndOfMessage:
+        self._ended()
+        return EndOfMessage(trailers)
+
+    def _ended(self) -> None:
         self._scanned = 0
         if self._keepAlive:
             self._state = type(self)._readHead
@@ -202,7 +206,36 @@ class BodyParser:
             self._state = BodyParser._finished
             self._feedMode = 2 if self._eof else 1
             self._drop()
-        return EndOfMessage(trailers)
+
+    def takeBody(self) -> bytes | None:
+        """
+        Take the rest of the current message's body at once when it is framed by a length (or
+        empty) and already buffered whole in the current chunk, and end the message: what the
+        L{BodyData} (if any) and L{EndOfMessage} events would have carried, in one call.  Else
+        L{None}, and nothing changes: pull events as usual.
+
+        This is the common case of a small message that arrived in one read, without an event
+        object per part.
+        """
+        if self._state is not BodyParser._readLength:
+            return None
+        remaining = self._remaining
+        buf = self._buf
+        pos = self._pos
+        if remaining == 0:
+            data = b""
+        elif len(buf) - pos < remaining:
+            return None
+        else:
+            data = take(buf, pos, pos + remaining)
+            self._remaining = 0
+            if len(buf) == pos + remaining:
+                self._buf = b""
+                self._pos = 0
+            else:
+                self._pos = pos + remaining
+        self._ended()
+        return data
 
     def _truncated(self, what: str) -> HTTPParseError:
         return HTTPParseError(502 if self._role is CLIENT else 400, what)

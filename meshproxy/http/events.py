@@ -96,11 +96,6 @@ class HTTPParseError(Exception):
         return f"{self.status} {self.reason}"
 
 
-def _valuesOf(headers: Headers, name: bytes) -> list[bytes]:
-    lowered = name.lower()
-    return [v for n, v in headers if n.lower() == lowered]
-
-
 class _Value:
     """
     Equality by value over C{__slots__}, no hashing (the fields are lists), and a repr naming the
@@ -130,18 +125,25 @@ class _Value:
 
 class _Head(_Value):
     """
-    What request and response heads share: header lookup.
+    What request and response heads share: header lookup, and the lower-cased
+    field names (C{lnames}, parallel to C{headers}), which the parser computes
+    once and everything downstream reuses.  C{lnames} is derived, so it takes
+    no part in equality or the repr (they use the subclass's own slots).
     """
 
-    __slots__: tuple[str, ...] = ()
+    __slots__: tuple[str, ...] = ("lnames",)
     headers: Headers
+    lnames: list[bytes]
     _keywordRepr = True
 
     def headerValues(self, name: bytes) -> list[bytes]:
         """
         The values of every header named C{name} (case-insensitive), in order.
         """
-        return _valuesOf(self.headers, name)
+        lowered = name.lower()
+        if lowered not in self.lnames:
+            return []
+        return [v for n, (_, v) in zip(self.lnames, self.headers) if n == lowered]
 
 
 class RequestHead(_Head):
@@ -192,6 +194,7 @@ class RequestHead(_Head):
         host: bytes | None = None,
         upgrade: bytes | None = None,
         expectContinue: bool = False,
+        lnames: list[bytes] | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -204,6 +207,7 @@ class RequestHead(_Head):
         self.host = host
         self.upgrade = upgrade
         self.expectContinue = expectContinue
+        self.lnames = [n.lower() for n, _ in headers] if lnames is None else lnames
 
 
 
@@ -247,6 +251,7 @@ class ResponseHead(_Head):
         chunked: bool = False,
         keepAlive: bool = True,
         connectionTokens: frozenset[bytes] = frozenset(),
+        lnames: list[bytes] | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -256,6 +261,7 @@ class ResponseHead(_Head):
         self.chunked = chunked
         self.keepAlive = keepAlive
         self.connectionTokens = connectionTokens
+        self.lnames = [n.lower() for n, _ in headers] if lnames is None else lnames
 
 
 

@@ -15,12 +15,12 @@ from typing import Final
 
 from meshproxy.http.events import HTTPParseError, RequestHead, ResponseHead
 from meshproxy.http.fields import (
+    HOST as _HOST,
     NO_TOKENS,
     TOKEN,
     SPECIAL_NAMES,
     TOKEN_RE,
     badByteReason,
-    checkHost,
     connectionTokensOf,
     contentLengthOf,
     expectsContinue,
@@ -186,13 +186,15 @@ def parseRequestHead(
     expect = False
     if lineEnd == end + 2:
         headers: list[tuple[bytes, bytes]] = []
+        lnames: list[bytes] = []
     else:
         headers, lnames, hits = _section(data, lineEnd, end, maxHeaders)
         if b"host" in hits:
-            hostValues = valuesOf(lnames, headers, b"host")
-            if len(hostValues) > 1:
+            if lnames.count(b"host") > 1:
                 raise HTTPParseError(400, "duplicate-host")
-            host = checkHost(hostValues[0])
+            host = headers[lnames.index(b"host")][1]
+            if _HOST.fullmatch(host) is None:
+                raise HTTPParseError(400, "bad-host")
             if len(hits) == 1:
                 hits = NO_TOKENS
         if hits:
@@ -224,6 +226,7 @@ def parseRequestHead(
         host,
         upgrade,
         expect,
+        lnames,
     )
 
 
@@ -245,6 +248,7 @@ def parseResponseHead(data: bytes, start: int, end: int, maxHeaders: int) -> Res
     tokens = NO_TOKENS
     if lineEnd == end + 2:
         headers: list[tuple[bytes, bytes]] = []
+        lnames: list[bytes] = []
     else:
         headers, lnames, hits = _section(data, lineEnd, end, maxHeaders)
         if hits:
@@ -264,4 +268,5 @@ def parseResponseHead(data: bytes, start: int, end: int, maxHeaders: int) -> Res
         chunked,
         keepAlive,
         tokens,
+        lnames,
     )

@@ -24,6 +24,8 @@ _REQUEST_OWNED = frozenset(
     [b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
      b"via", b"x-request-id"]
 )
+# Received request fields whose values the proxy combines into its own.
+_COMBINED = frozenset([b"x-forwarded-for", b"via", b"x-request-id"])
 _RESPONSE_OWNED = frozenset([b"content-length"])
 _RESPONSE_DROP = hopByHopNames(frozenset()) | _RESPONSE_OWNED
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}\Z")
@@ -126,21 +128,25 @@ def upstreamRequestFields(
     """
     if head.connectionTokens:
         drop = drop | head.connectionTokens
-    out: Fields = []
     xff: bytes | None = None
     via: bytes | None = None
     requestId: bytes | None = None
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname in drop:
-            if lname == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-            elif lname == b"via":
-                via = value if via is None else via + b", " + value
-            elif lname == b"x-request-id" and requestId is None and _REQUEST_ID.match(value):
-                requestId = value
-            continue
-        out.append((name, value))
+    lnames = head.lnames
+    if _COMBINED.isdisjoint(lnames):
+        out: Fields = [f for f, lname in zip(head.headers, lnames) if lname not in drop]
+    else:
+        out = []
+        for field, lname in zip(head.headers, lnames):
+            if lname in drop:
+                value = field[1]
+                if lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif lname == b"via":
+                    via = value if via is None else via + b", " + value
+                elif lname == b"x-request-id" and requestId is None and _REQUEST_ID.match(value):
+                    requestId = value
+                continue
+            out.append(field)
     if requestId is None:
         requestId = newRequestId()
     out.append((b"Host", host))
@@ -189,7 +195,7 @@ def clientResponseFields(
         drop = drop | head.connectionTokens
     if removals:
         drop = drop | removals
-    out: Fields = [(n, v) for n, v in head.headers if n.lower() not in drop]
+    out: Fields = [f for f, lname in zip(head.headers, head.lnames) if lname not in drop]
     if upgrade:
         for value in head.headerValues(b"upgrade"):
             out.append((b"Upgrade", value))

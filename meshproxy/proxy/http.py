@@ -238,6 +238,7 @@ class HTTPServerConnection(Protocol):
 
     # The response half (called by the upstream connection), in meshproxy.proxy.httpresponse.
     responseHead = httpresponse.responseHead
+    responseWhole = httpresponse.responseWhole
     responseBody = httpresponse.responseBody
     responseFlush = httpresponse.responseFlush
     responseEnd = httpresponse.responseEnd
@@ -343,7 +344,7 @@ class HTTPServerConnection(Protocol):
                         else:
                             self._awaitingSwitch = True
                     if not (head.chunked or head.contentLength or self._awaitingSwitch):
-                        parser.nextEvent()  # the EndOfMessage of a request without a body
+                        parser.takeBody()  # a request without a body ends with its head
                         self._requestDone = True
                     self._startRequest(head)
                 elif kind is EndOfMessage:

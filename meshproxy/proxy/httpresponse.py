@@ -24,7 +24,50 @@ IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
     """
-    The upstream's response head (or a 1xx before it): forward it to the client.
+    The upstream's response head (or a 1xx before it): forward it to the client; its body
+    follows through L{responseBody} and L{responseEnd}.
+    """
+    headBytes = _startResponse(conn, head)
+    if headBytes is None:
+        return
+    if conn._responseHasBody:
+        # Held back so that it leaves with the first body bytes in one send; L{responseFlush}
+        # sends it if the body is slower.
+        conn._pendingHead = headBytes
+        conn.transport.registerProducer(conn.upstream.transport, True)  # type: ignore[union-attr]
+        conn._deadline.expect("body", conn._lastActivity + conn.settings.bodyTimeout)
+    else:
+        conn._write(headBytes)
+
+
+def responseWhole(conn: HTTPServerConnection, head: ResponseHead, body: bytes) -> None:
+    """
+    A final response that arrived whole (its head and its entire length-framed body): forward
+    it in one send and finish the exchange, as L{responseHead}, L{responseBody} and
+    L{responseEnd} would one after the other.
+    """
+    headBytes = _startResponse(conn, head)
+    if headBytes is None:
+        return
+    if body and conn._responseHasBody:
+        conn._responseBytes += len(body)
+        if len(body) <= 16384:
+            conn._write(headBytes + body)
+        else:
+            conn._writeSequence((headBytes, body))
+    else:
+        conn._write(headBytes)
+    upstream, conn.upstream = conn.upstream, None
+    upstream.finished(conn._requestDone, paused=False)  # never a producer: reading never paused
+    conn._finishExchange()
+
+
+def _startResponse(conn: HTTPServerConnection, head: ResponseHead) -> bytes | None:
+    """
+    What a response head does to the exchange (outlier reports, retries on status, the switch
+    to a tunnel, framing and headers for the client): the serialized head to send, or L{None}
+    when there is nothing more to do with this response (an interim one that was forwarded or
+    dropped, a retry, a refused switch).
     """
     request = conn.head
     assert request is not None
@@ -33,7 +76,7 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         # A switch nobody proposed: the upstream must not take over this connection.
         conn._abortUpstream()
         conn._localReply(502, "upstream_protocol_error", close=not conn._requestDone)
-        return
+        return None
     if status >= 200 or status == 101:
         host = conn.host
         # A registry route's answers are the app's own: gorouter never marks an endpoint for them.
@@ -52,12 +95,12 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         conn._retryAdmitted = True
         conn._abortUpstream()
         conn.retry("upstream_status_%d" % status)
-        return
+        return None
     if status < 200 and status != 101:
         if request.version != b"1.0" and not (status == 100 and request.expectContinue):
             conn._write(serializeResponseHead(status, head.reason, clientResponseFields(
                 head, frozenset(), (), {}, None, None)))
-        return
+        return None
     if conn._awaitingSwitch and status != 101:
         # Refused: the request (it has no body) is complete; HTTP/1.1 goes on after it.
         conn._awaitingSwitch = False
@@ -101,17 +144,8 @@ def responseHead(conn: HTTPServerConnection, head: ResponseHead) -> None:
         fields.append((b"Set-Cookie", conn._setCookie))
     if conn._decision is not None:
         fields.extend(conn.filter.registry.responseFields(conn._decision, conn.host, head.headers, conn._vcapRequestId))
-    headBytes = serializeResponseHead(status, head.reason or reasonPhrase(status), fields)
     conn.stats.responded(status)
-    if hasBody:
-        # Held back so that it leaves with the first body bytes in one send (a small response
-        # usually arrives whole); L{responseFlush} sends it if the body is slower.
-        conn._pendingHead = headBytes
-    else:
-        conn._write(headBytes)
-    if hasBody:
-        conn.transport.registerProducer(conn.upstream.transport, True)  # type: ignore[union-attr]
-        conn._deadline.expect("body", conn._lastActivity + conn.settings.bodyTimeout)
+    return serializeResponseHead(status, head.reason or reasonPhrase(status), fields)
 
 def responseBody(conn: HTTPServerConnection, data: bytes) -> None:
     """

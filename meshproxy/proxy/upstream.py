@@ -102,9 +102,17 @@ class UpstreamConnection(Protocol):
                     exchange.responseFlush()
                     return
                 elif kind is ResponseHead:
-                    if event.status >= 200 or event.status == 101:  # type: ignore[union-attr]
+                    status = event.status  # type: ignore[union-attr]
+                    if status >= 200 or status == 101:
                         self.responseStarted = True  # interim 1xx heads do not start the response
                         self.responseKeepAlive = event.keepAlive  # type: ignore[union-attr]
+                        body = parser.takeBody()
+                        if body is not None:
+                            # The whole response is here (the usual small one): head, body and
+                            # end in one call, with no body deadline or producer to set up.
+                            self.exchange = None
+                            exchange.responseWhole(event, body)
+                            continue
                     exchange.responseHead(event)
                 elif kind is EndOfMessage:
                     self.exchange = None
@@ -121,15 +129,18 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
             exchange.upstreamFailed("upstream_protocol_error", self.responseStarted, e.reason)
 
-    def finished(self, reusable: bool) -> None:
+    def finished(self, reusable: bool, paused: bool = True) -> None:
         """
-        The exchange is done with this connection: back to the pool (or closed).
+        The exchange is done with this connection: back to the pool (or closed).  C{paused}: the
+        exchange may have paused the transport (it was the producer of a streamed body), so
+        reading must be resumed.
         """
         if self.state != self.BUSY:
             return
         self.state = self.IDLE
         self.exchange = None
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if paused:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         # A response that ends the connection (Connection: close, HTTP/1.0) is never pooled.
         self.pool.release(self, reusable and self.responseKeepAlive and self.parser.bufferedBytes == 0)
 

@@ -1,0 +1,58 @@
+"""
+The epoll reactor's event dispatch without Twisted's per-event log context.
+
+For every ready descriptor, C{EPollReactor.doPoll} calls C{log.callWithLogger}, which asks the
+selectable for its log prefix, copies the legacy logging context dictionary, pushes it, calls
+C{_doReadOrWrite} and pops it again: about a dozen Python calls per event, and a proxied request
+is two events (the client's request, the upstream's response).  That context only names the
+connection in the C{system} field of messages logged through the legacy C{twisted.python.log}
+API while the event runs; meshproxy logs through C{twisted.logger}, which does not read it.
+
+L{install} replaces C{doIteration} on one running epoll reactor with L{doPoll}, which is
+Twisted's own loop minus that wrapper: same poll call, same C{_doReadOrWrite} (which still catches
+and logs every exception from application code and disconnects the selectable), same handling of
+EINTR.  Unhandled errors logged there then carry C{system} C{-} instead of the connection's
+prefix.  Any other reactor is left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+from types import MethodType
+from typing import Any
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # not Linux
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+
+def doPoll(self: Any, timeout: float | None) -> None:
+    """
+    C{EPollReactor.doPoll} calling C{_doReadOrWrite} directly.
+    """
+    if timeout is None:
+        timeout = -1
+    try:
+        events = self._poller.poll(timeout, len(self._selectables))
+    except OSError as err:
+        if err.errno == errno.EINTR:
+            return
+        raise
+    selectables = self._selectables
+    dispatch = self._doReadOrWrite
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is not None:
+            dispatch(selectable, fd, event)
+
+
+def install(reactor: Any) -> bool:
+    """
+    Use L{doPoll} for C{reactor} if it is Twisted's epoll reactor (exactly: a subclass may poll
+    differently); say whether it was installed.
+    """
+    if EPollReactor is None or type(reactor) is not EPollReactor:
+        return False
+    reactor.doIteration = MethodType(doPoll, reactor)
+    return True
