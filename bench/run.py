@@ -74,6 +74,7 @@ http {{
     access_log off;
     keepalive_requests 100000;
     sendfile on;
+    tcp_nopush on;  # as in Debian's default nginx.conf: head and small body leave in one segment
     server {{
         listen 127.0.0.1:{port};
         root {root};

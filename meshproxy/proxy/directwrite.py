@@ -30,15 +30,21 @@ def directWriters(transport: Any, counter: Any = None) -> tuple[Writer, Sequence
     byte handed to them is added to C{counter} (a L{meshproxy.stats.Counter}) when one is given.
     """
     if not isinstance(transport, tcp.Connection):
+        if counter is None:
+            return transport.write, transport.writeSequence
         return _counting(transport.write, transport.writeSequence, counter)
-    write, writeSequence = _direct(transport)
-    return _counting(write, writeSequence, counter)
+    return _direct(transport, _Uncounted() if counter is None else counter)
+
+
+class _Uncounted:
+    """
+    Where the bytes of an uncounted direct writer are added up (and never read).
+    """
+
+    value = 0
 
 
 def _counting(write: Writer, writeSequence: SequenceWriter, counter: Any) -> tuple[Writer, SequenceWriter]:
-    if counter is None:
-        return write, writeSequence
-
     def countedWrite(data: bytes) -> None:
         counter.value += len(data)
         write(data)
@@ -50,22 +56,20 @@ def _counting(write: Writer, writeSequence: SequenceWriter, counter: Any) -> tup
     return countedWrite, countedWriteSequence
 
 
-def _direct(transport: Any) -> tuple[Writer, SequenceWriter]:
+def _direct(transport: Any, counter: Any) -> tuple[Writer, SequenceWriter]:
     send = transport.socket.send
     sendmsg = transport.socket.sendmsg
     queueWrite = transport.write
 
-    def idle() -> bool:
-        return not (
+    def write(data: bytes) -> None:
+        counter.value += len(data)
+        if (
             transport._tempDataLen
             or transport.dataBuffer
             or transport.disconnecting
             or transport._writeDisconnected
             or not transport.connected
-        )
-
-    def write(data: bytes) -> None:
-        if not idle():
+        ):
             queueWrite(data)
             return
         try:
@@ -81,7 +85,14 @@ def _direct(transport: Any) -> tuple[Writer, SequenceWriter]:
     def writeSequence(pieces: Sequence[bytes]) -> None:
         if not pieces:
             return
-        if not idle():
+        counter.value += sum(map(len, pieces))
+        if (
+            transport._tempDataLen
+            or transport.dataBuffer
+            or transport.disconnecting
+            or transport._writeDisconnected
+            or not transport.connected
+        ):
             for piece in pieces:
                 queueWrite(piece)
             return
