@@ -61,15 +61,19 @@ def _direct(transport: Any, counter: Any) -> tuple[Writer, SequenceWriter]:
     sendmsg = transport.socket.sendmsg
     queueWrite = transport.write
 
-    def write(data: bytes) -> None:
-        counter.value += len(data)
-        if (
+    def busy() -> bool:
+        # Anything queued (or the transport going away): the bytes must queue behind it.
+        return bool(
             transport._tempDataLen
             or transport.dataBuffer
             or transport.disconnecting
             or transport._writeDisconnected
             or not transport.connected
-        ):
+        )
+
+    def write(data: bytes) -> None:
+        counter.value += len(data)
+        if busy():
             queueWrite(data)
             return
         try:
@@ -86,13 +90,7 @@ def _direct(transport: Any, counter: Any) -> tuple[Writer, SequenceWriter]:
         if not pieces:
             return
         counter.value += sum(map(len, pieces))
-        if (
-            transport._tempDataLen
-            or transport.dataBuffer
-            or transport.disconnecting
-            or transport._writeDisconnected
-            or not transport.connected
-        ):
+        if busy():
             for piece in pieces:
                 queueWrite(piece)
             return
