@@ -29,6 +29,8 @@ REQUEST = (
     b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\nAccept: */*\r\n"
     b"Accept-Encoding: gzip\r\nAccept-Language: en\r\nCookie: a=b\r\nX-Request-Id: abc-123\r\n\r\n"
 )
+# What wrk sends in bench/run.py: the request line and Host, nothing else.
+WRK_REQUEST = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 00:00:00 GMT\r\n"
     b"Content-Type: text/html\r\nContent-Length: 17\r\nLast-Modified: Sun, 22 Nov 2026 00:00:00 GMT\r\n"
@@ -86,7 +88,9 @@ class SinkTransport:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=50000)
+    parser.add_argument("--wrk", action="store_true", help="the request wrk sends in bench/run.py (Host only)")
     args = parser.parse_args()
+    request = WRK_REQUEST if args.wrk else REQUEST
     config = parseConfig(json.dumps({
         "servers": [{"routers": [{"router_config_name": "r", "virtual_hosts": [
             {"name": "v", "domains": ["*"], "routers": [{"match": {"prefix": "/"}, "route": {"cluster_name": "b"}}]}]}],
@@ -107,7 +111,7 @@ def main() -> None:
     clientT.protocol = connection
     connection.makeConnection(clientT)
     # The first request dials; complete it by hand, then every later request reuses it.
-    connection.dataReceived(REQUEST)
+    connection.dataReceived(request)
     factory = reactor.tcpClients[-1][2]
     upstream = factory.buildProtocol(None)
     upT = SinkTransport()
@@ -115,7 +119,7 @@ def main() -> None:
     upstream.dataReceived(RESPONSE)
     started = time.perf_counter()
     for _ in range(args.requests):
-        connection.dataReceived(REQUEST)
+        connection.dataReceived(request)
         upstream.dataReceived(RESPONSE)
     elapsed = time.perf_counter() - started
     answered = service.stats.value("http_downstream_rq_xx_total", listener="l", code_class="2xx")

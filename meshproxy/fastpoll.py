@@ -54,5 +54,5 @@ def install(reactor: Any) -> bool:
     """
     if EPollReactor is None or type(reactor) is not EPollReactor:
         return False
-    reactor.doIteration = MethodType(doPoll, reactor)
+    setattr(reactor, "doIteration", MethodType(doPoll, reactor))  # this instance only
     return True

@@ -29,16 +29,13 @@ FIELD_VALUE_RE: Final = re.compile(FIELD_VALUE)
 # One field line.  `^` under MULTILINE only matches at a line start, so a
 # failed attempt inside a line costs O(1) and a search over a hostile section
 # stays linear; and since a match cannot cross a LF, each match is exactly one
-# whole line.  Group 2 always participates (an empty value is b"").
+# whole line.  Group 2 always participates (an empty value is b"").  The value
+# (field-content without the surrounding whitespace) is matched as runs of
+# optional whitespace each ending in a visible byte, every run possessive: the
+# engine never backtracks to find where the value ends and the trailing
+# whitespace begins.
 _FIELD_LINE: Final = re.compile(
-    rb"^(" + TOKEN + rb"++):[ \t]*+(" + FIELD_VALUE + rb")[ \t]*+\r\n", re.MULTILINE
-)
-# The same lines when no value ends in whitespace (which nearly no sender writes): with nothing to
-# trim at the end, the value is one possessive run and the engine never backtracks.  Only used on
-# sections where no line has whitespace before its CRLF (see splitFields), where both patterns
-# find exactly the same fields.
-_FIELD_LINE_UNPADDED: Final = re.compile(
-    rb"^(" + TOKEN + rb"++):[ \t]*+(" + _CONTENT + rb"*+)\r\n", re.MULTILINE
+    rb"^(" + TOKEN + rb"++):[ \t]*+((?:[ \t]*+" + _VCHAR + rb"++)*+)[ \t]*+\r\n", re.MULTILINE
 )
 # The first byte that no compliant message contains outside a line ending.
 BAD_BYTE: Final = re.compile(rb"\x00|\r(?=[^\n])|(?<!\r)\n")
@@ -113,10 +110,7 @@ def splitFields(section: bytes) -> list[tuple[bytes, bytes]] | None:
         or L{None} if any line is not a valid field line (then
         L{fieldSectionError} says why).
     """
-    if b" \r\n" in section or b"\t\r\n" in section:
-        fields = _FIELD_LINE.findall(section)
-    else:
-        fields = _FIELD_LINE_UNPADDED.findall(section)
+    fields = _FIELD_LINE.findall(section)
     # Every match is one whole line: all lines are valid iff every LF ends one.
     if len(fields) != section.count(b"\n"):
         return None

@@ -191,8 +191,9 @@ def clientResponseFields(
     the route's removals, plus the route's additions, the framing field and C{Connection}.
     """
     drop = _RESPONSE_DROP
-    if head.connectionTokens:
-        drop = drop | head.connectionTokens
+    tokens = head.connectionTokens
+    if tokens and not tokens.issubset(drop):  # "keep-alive" and "close" are dropped anyway
+        drop = drop | tokens
     if removals:
         drop = drop | removals
     out: Fields = [f for f, lname in zip(head.headers, head.lnames) if lname not in drop]

@@ -54,6 +54,7 @@ from meshproxy.routing.hashpolicy import hashKey
 from meshproxy.routing.table import RouteTable, splitTarget
 from meshproxy.stats import StatsStore
 
+_SLASH = ord("/")
 
 
 @implementer(INetworkFilterFactory)
@@ -158,6 +159,8 @@ class HTTPServerConnection(Protocol):
         self._tx = downstream.bytesSent
         self._scheme = b"https" if getattr(downstream, "tls", False) else b"http"
         self._xfcc = clientCertValue(downstream) if filter.setXFCC else None
+        # Whether this listener writes access logs (its log object is fixed for the connection).
+        self._logsAccess = bool(downstream.accessLog)
         self._admitted = False
         self._retryAdmitted = False
         self._activeHost: UpstreamHost | None = None
@@ -300,7 +303,7 @@ class HTTPServerConnection(Protocol):
         self._settle()
         if self.head is not None:
             self.stats.active.value -= 1
-            if self.downstream.accessLog:
+            if self._logsAccess:
                 self._failure = self._failure or "downstream_reset"
                 self._logAccess()
             self.head = None
@@ -387,31 +390,38 @@ class HTTPServerConnection(Protocol):
     def _startRequest(self, head: RequestHead) -> None:
         self.requestCount += 1
         self.head = head
-        self._started = self.clock.seconds()
-        self._lastActivity = self._started
-        self.stats.requests.value += 1
-        self.stats.active.value += 1
+        now = self._started = self._lastActivity = self.clock.seconds()
+        stats = self.stats
+        stats.requests.value += 1
+        stats.active.value += 1
         self.state = self.UPSTREAM
-        self._keepAlive = head.keepAlive and self.requestCount < self.settings.maxRequestsPerConnection
-        self._requestHasBody = head.chunked or bool(head.contentLength)
+        settings = self.settings
+        self._keepAlive = head.keepAlive and self.requestCount < settings.maxRequestsPerConnection
+        contentLength = head.contentLength
+        self._requestHasBody = head.chunked or bool(contentLength)
         # Until the request is sent, the pool's queue and connect timeouts bound the wait.
-        self._deadline.expect("wait", self._started + 3600.0)
-        limit = self.settings.maxRequestBodyBytes
-        if limit and head.contentLength is not None and head.contentLength > limit:
+        self._deadline.expect("wait", now + 3600.0)
+        if contentLength is not None and settings.maxRequestBodyBytes and contentLength > settings.maxRequestBodyBytes:
             self._localReply(413, "request_body_too_large", close=True)
             return
-        if head.method == b"CONNECT":
+        method = head.method
+        if method == b"CONNECT":
             self._localReply(405, "connect_not_supported", close=True)
             return
-        authority, target = splitTarget(head.target)
-        host = authority if authority is not None else head.host
+        target = head.target
+        if target[0] == _SLASH:
+            host = head.host
+        else:
+            authority, target = splitTarget(target)
+            host = authority if authority is not None else head.host
+        filter = self.filter
         headers = head.headers
-        if self._xfcc is not None or (self.filter.routesUseXFCC and self.filter.sanitizeXFCC):
+        if self._xfcc is not None or (filter.routesUseXFCC and filter.sanitizeXFCC):
             headers = self._routingHeaders(headers)
-        route = self.filter.routes.route(host, target, head.method, headers)
+        route = filter.routes.route(host, target, method, headers)
         decision = None
         if route is None:
-            if self.filter.registry is None:
+            if filter.registry is None:
                 self._localReply(404, "no_route")
                 return
             decision = self._fromRegistry(host, target, head)
@@ -435,7 +445,7 @@ class HTTPServerConnection(Protocol):
             cluster = self.cluster = decision.cluster
         else:
             try:
-                cluster = self.cluster = self.filter.clusters.get(clusterName)
+                cluster = self.cluster = filter.clusters.get(clusterName)
             except KeyError:
                 self._localReply(503, "cluster_not_found")
                 return
@@ -445,31 +455,29 @@ class HTTPServerConnection(Protocol):
         self._admitted = True
         if route.hashPolicy:
             clientIP = self._clientIP if self.downstream.clientAddress is not None else None
-            self._hashKey, self._setCookie = hashKey(route.hashPolicy, head.headers, clientIP, self.filter.rng)
+            self._hashKey, self._setCookie = hashKey(route.hashPolicy, head.headers, clientIP, filter.rng)
         if cluster.config.subsets is not None:
             self._metadata = route.metadataFor(clusterName)
-        upstreamTarget = route.rewriteTarget(target)
-        upstreamHost = route.hostRewrite or host or b""
         framing: tuple[bytes, bytes] | None = None
         if head.chunked:
             framing = CHUNKED
             self._requestChunked = True
-        elif head.contentLength is not None:
-            framing = (b"Content-Length", b"%d" % head.contentLength)
+        elif contentLength is not None:
+            framing = (b"Content-Length", b"%d" % contentLength)
         adds = route.requestHeadersToAdd
         fields, self._requestId = upstreamRequestFields(
-            head, self.filter.dropSets.forRoute(route), upstreamHost, self._clientIP, self._scheme, adds,
-            self._variables() if adds else {}, framing, self.filter.requestIds.new, host,
+            head, filter.dropSets.forRoute(route), route.hostRewrite or host or b"", self._clientIP, self._scheme,
+            adds, self._variables() if adds else {}, framing, filter.requestIds.new, host,
             upgrade=self._awaitingSwitch,
         )
         if self._xfcc is not None:
             fields.append((b"X-Forwarded-Client-Cert", self._xfcc))
         if decision is not None:
-            added = self.filter.registry.requestFields(head.headers)
+            added = filter.registry.requestFields(head.headers)
             self._vcapRequestId = added[0][1]
             fields.extend(added)
         self._upstreamFields = fields
-        self._upstreamTarget = upstreamTarget
+        self._upstreamTarget = route.rewriteTarget(target)
         self._needDispatch = True
 
     _fromRegistry = httprequest.fromRegistry
@@ -558,7 +566,7 @@ class HTTPServerConnection(Protocol):
         keepAlive = self._keepAlive and not self.downstream.draining
         if self.head is not None:
             self.stats.active.value -= 1
-            if self.downstream.accessLog:
+            if self._logsAccess:
                 self._logAccess()
         self._resetExchange()
         if not keepAlive:
@@ -566,12 +574,12 @@ class HTTPServerConnection(Protocol):
             self._deadline.cancel()
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self.state = self.IDLE
         if self.parser.bufferedBytes or self._clientEOF:
             self.state = self.HEAD
             self._deadline.arm(self.settings.headerTimeout, "header")
             self._pump()
         else:
+            self.state = self.IDLE
             self._deadline.arm(self.settings.idleTimeout, "idle")
             if self._readPaused:
                 self._readPaused = False

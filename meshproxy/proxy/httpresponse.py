@@ -69,57 +69,28 @@ def _startResponse(conn: HTTPServerConnection, head: ResponseHead) -> bytes | No
     when there is nothing more to do with this response (an interim one that was forwarded or
     dropped, a retry, a refused switch).
     """
+    status = head.status
+    if status < 200 or status == 101 or status >= 500 or conn._awaitingSwitch:
+        if not _unusualResponse(conn, head):
+            return None
+    else:
+        conn.cluster.hostSucceeded(conn.host)
     request = conn.head
     assert request is not None
-    status = head.status
-    if status == 101 and not conn._awaitingSwitch:
-        # A switch nobody proposed: the upstream must not take over this connection.
-        conn._abortUpstream()
-        conn._localReply(502, "upstream_protocol_error", close=not conn._requestDone)
-        return None
-    if status >= 200 or status == 101:
-        host = conn.host
-        # A registry route's answers are the app's own: gorouter never marks an endpoint for them.
-        if 502 <= status <= 504 and conn._decision is None:
-            conn.cluster.hostFailed(host, "status_5xx")
-        else:
-            conn.cluster.hostSucceeded(host)
-    if (
-        status >= 500
-        and conn.route.retryPolicy is not None
-        and conn.retryAllowed("status", status)
-        and (conn._retryAdmitted or conn.cluster.admitRetry())
-    ):
-        # A status the route retries (and the cluster has room for a retry): drop this answer and
-        # its connection, try again.  Without room, the answer is forwarded as it is.
-        conn._retryAdmitted = True
-        conn._abortUpstream()
-        conn.retry("upstream_status_%d" % status)
-        return None
-    if status < 200 and status != 101:
-        if request.version != b"1.0" and not (status == 100 and request.expectContinue):
-            conn._write(serializeResponseHead(status, head.reason, clientResponseFields(
-                head, frozenset(), (), {}, None, None)))
-        return None
-    if conn._awaitingSwitch and status != 101:
-        # Refused: the request (it has no body) is complete; HTTP/1.1 goes on after it.
-        conn._awaitingSwitch = False
-        conn.parser.resume()
-        if type(conn.parser.nextEvent()) is EndOfMessage:
-            conn._requestDone = True
     conn._responseStarted = True
     conn._responseAt = conn._lastActivity = conn.clock.seconds()
     conn.state = conn.RESPONDING
     conn._status = status
     route = conn.route
-    hasBody = responseHasBody(request.method, status) and status != 101
+    hasBody = status != 101 and responseHasBody(request.method, status)
     conn._responseHasBody = hasBody
+    contentLength = head.contentLength
     framing: tuple[bytes, bytes] | None = None
     if not hasBody:
-        if head.contentLength is not None and status != 101:
-            framing = (b"Content-Length", b"%d" % head.contentLength)
-    elif head.contentLength is not None and not head.chunked:
-        framing = (b"Content-Length", b"%d" % head.contentLength)
+        if contentLength is not None and status != 101:
+            framing = (b"Content-Length", b"%d" % contentLength)
+    elif contentLength is not None and not head.chunked:
+        framing = (b"Content-Length", b"%d" % contentLength)
     elif request.version == b"1.1":
         framing = CHUNKED
         conn._responseChunked = True
@@ -146,6 +117,54 @@ def _startResponse(conn: HTTPServerConnection, head: ResponseHead) -> bytes | No
         fields.extend(conn.filter.registry.responseFields(conn._decision, conn.host, head.headers, conn._vcapRequestId))
     conn.stats.responded(status)
     return serializeResponseHead(status, head.reason or reasonPhrase(status), fields)
+
+
+def _unusualResponse(conn: HTTPServerConnection, head: ResponseHead) -> bool:
+    """
+    The statuses that need more than forwarding (interim, 101, 5xx) and the answer to a proposed
+    switch: outlier reports, retries, interim heads; whether the response goes on to the client
+    as the final one.
+    """
+    request = conn.head
+    assert request is not None
+    status = head.status
+    if status == 101 and not conn._awaitingSwitch:
+        # A switch nobody proposed: the upstream must not take over this connection.
+        conn._abortUpstream()
+        conn._localReply(502, "upstream_protocol_error", close=not conn._requestDone)
+        return False
+    if status >= 200 or status == 101:
+        host = conn.host
+        # A registry route's answers are the app's own: gorouter never marks an endpoint for them.
+        if 502 <= status <= 504 and conn._decision is None:
+            conn.cluster.hostFailed(host, "status_5xx")
+        else:
+            conn.cluster.hostSucceeded(host)
+    if (
+        status >= 500
+        and conn.route.retryPolicy is not None
+        and conn.retryAllowed("status", status)
+        and (conn._retryAdmitted or conn.cluster.admitRetry())
+    ):
+        # A status the route retries (and the cluster has room for a retry): drop this answer and
+        # its connection, try again.  Without room, the answer is forwarded as it is.
+        conn._retryAdmitted = True
+        conn._abortUpstream()
+        conn.retry("upstream_status_%d" % status)
+        return False
+    if status < 200 and status != 101:
+        if request.version != b"1.0" and not (status == 100 and request.expectContinue):
+            conn._write(serializeResponseHead(status, head.reason, clientResponseFields(
+                head, frozenset(), (), {}, None, None)))
+        return False
+    if conn._awaitingSwitch and status != 101:
+        # Refused: the request (it has no body) is complete; HTTP/1.1 goes on after it.
+        conn._awaitingSwitch = False
+        conn.parser.resume()
+        if type(conn.parser.nextEvent()) is EndOfMessage:
+            conn._requestDone = True
+    return True
+
 
 def responseBody(conn: HTTPServerConnection, data: bytes) -> None:
     """
@@ -240,7 +259,7 @@ def upstreamUpgraded(conn: HTTPServerConnection, leftover: bytes) -> None:
     conn._deadline.cancel()
     clientBytes = conn.parser.switchedProtocols() if conn._awaitingSwitch else b""
     conn.stats.active.value -= 1
-    if conn.downstream.accessLog:
+    if conn._logsAccess:
         conn._logAccess()
     conn.head = None
     conn._settle()
