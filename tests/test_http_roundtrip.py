@@ -7,7 +7,6 @@ L{HTTPParseError}.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -28,7 +27,6 @@ from meshproxy.http import (
     requestHead,
     responseHead,
 )
-from meshproxy.http import fields as grammar
 from meshproxy.http.fields import FORBIDDEN_TRAILERS, SPECIAL_NAMES
 from tests.test_http_parser import CLOSED, drive, req, resp
 
@@ -245,36 +243,3 @@ class RobustnessTests(SynchronousTestCase):
         except HTTPParseError:
             pass
 
-
-class FieldPatternTests(SynchronousTestCase):
-    """
-    L{splitFields}'s pattern matches a value as possessive runs (so it never backtracks); it must
-    find exactly what the grammar's plain form finds: C{field-name ":" OWS field-value OWS CRLF},
-    with C{field-value} a visible byte, optionally followed by any content ending in a visible
-    byte.
-    """
-
-    GRAMMAR = re.compile(
-        rb"^(" + grammar.TOKEN + rb"++):[ \t]*+(" + grammar.FIELD_VALUE + rb")[ \t]*+\r\n", re.MULTILINE
-    )
-
-    @slow
-    @given(
-        st.lists(
-            st.one_of(
-                st.tuples(names, values, st.sampled_from([b"", b" ", b"\t ", b"  "])).map(
-                    lambda f: f[0] + b":" + f[2] + f[1] + f[2]
-                ),
-                st.binary(max_size=30),
-            ),
-            max_size=8,
-        )
-    )
-    def test_samePairs(self, lines: list[bytes]) -> None:
-        """
-        Sections of valid lines (with and without whitespace around values) and arbitrary ones
-        split the same both ways, or are refused both ways.
-        """
-        section = b"".join(line + b"\r\n" for line in lines)
-        expected = self.GRAMMAR.findall(section)
-        self.assertEqual(grammar.splitFields(section), expected if len(expected) == section.count(b"\n") else None)

@@ -29,13 +29,11 @@ FIELD_VALUE_RE: Final = re.compile(FIELD_VALUE)
 # One field line.  `^` under MULTILINE only matches at a line start, so a
 # failed attempt inside a line costs O(1) and a search over a hostile section
 # stays linear; and since a match cannot cross a LF, each match is exactly one
-# whole line.  Group 2 always participates (an empty value is b"").  The value
-# (field-content without the surrounding whitespace) is matched as runs of
-# optional whitespace each ending in a visible byte, every run possessive: the
-# engine never backtracks to find where the value ends and the trailing
-# whitespace begins.
+# whole line.  Group 2 always participates (an empty value is b"").  Only
+# single-character repeats are possessive: Debian's Python 3.11.2 matches a
+# possessive repeat of a group wrongly (fixed in later 3.11 releases).
 _FIELD_LINE: Final = re.compile(
-    rb"^(" + TOKEN + rb"++):[ \t]*+((?:[ \t]*+" + _VCHAR + rb"++)*+)[ \t]*+\r\n", re.MULTILINE
+    rb"^(" + TOKEN + rb"++):[ \t]*+(" + FIELD_VALUE + rb")[ \t]*+\r\n", re.MULTILINE
 )
 # The first byte that no compliant message contains outside a line ending.
 BAD_BYTE: Final = re.compile(rb"\x00|\r(?=[^\n])|(?<!\r)\n")
