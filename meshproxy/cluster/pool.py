@@ -199,7 +199,7 @@ class ClusterPool:
             and connection.requestsSent < self.maxRequestsPerConnection
             and connection.host.healthy
         ):
-            for waiter in self.waiters if self.waiters else ():
+            for waiter in self.waiters:
                 if waiter.host is connection.host:
                     self.waiters.remove(waiter)
                     waiter.cancel()

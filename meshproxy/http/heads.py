@@ -156,10 +156,6 @@ def _framing(
             raise HTTPParseError(400, "te-in-http10")
         return None, isChunked(valuesOf(lnames, headers, b"transfer-encoding"))
     if b"content-length" in hits:
-        if lnames.count(b"content-length") == 1:
-            value = headers[lnames.index(b"content-length")][1]
-            if value.isdigit() and len(value) <= 18:
-                return int(value), False  # the usual single plain number
         return contentLengthOf(valuesOf(lnames, headers, b"content-length")), False
     return None, False
 
