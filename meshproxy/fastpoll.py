@@ -13,6 +13,10 @@ Twisted's own loop minus that wrapper: same poll call, same C{_doReadOrWrite} (w
 and logs every exception from application code and disconnects the selectable), same handling of
 EINTR.  Unhandled errors logged there then carry C{system} C{-} instead of the connection's
 prefix.  Any other reactor is left alone.
+
+The same loop holds the turn's direct writes (L{meshproxy.proxy.directwrite.WriteBatch}): each
+transport written to during the turn gets one send when the turn ends, so a peer is woken once per
+turn rather than once per response.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import errno
 from types import MethodType
 from typing import Any
+
+from meshproxy.proxy.directwrite import BATCH
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -29,7 +35,8 @@ except ImportError:  # not Linux
 
 def doPoll(self: Any, timeout: float | None) -> None:
     """
-    C{EPollReactor.doPoll} calling C{_doReadOrWrite} directly.
+    C{EPollReactor.doPoll} calling C{_doReadOrWrite} directly, with the direct writes of the turn
+    held in L{BATCH} and sent when every event has run.
     """
     if timeout is None:
         timeout = -1
@@ -41,10 +48,14 @@ def doPoll(self: Any, timeout: float | None) -> None:
         raise
     selectables = self._selectables
     dispatch = self._doReadOrWrite
-    for fd, event in events:
-        selectable = selectables.get(fd)
-        if selectable is not None:
-            dispatch(selectable, fd, event)
+    BATCH.open()
+    try:
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                dispatch(selectable, fd, event)
+    finally:
+        BATCH.flush()
 
 
 def install(reactor: Any) -> bool:

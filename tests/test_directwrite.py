@@ -15,19 +15,21 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.proxy.directwrite import directWriters
+from meshproxy.proxy.directwrite import BATCH, directWriters
 from meshproxy.stats import Counter
 
 
 class ScriptedSocket:
     """
     A socket whose C{send}/C{sendmsg} accept as many bytes as told, or raise what they are told.
+    C{calls} records each call's name and the pieces it was given.
     """
 
     def __init__(self, accept: int | None = None, error: Exception | None = None) -> None:
         self.accept = accept
         self.error = error
         self.sent: list[bytes] = []
+        self.calls: list[tuple[str, list[bytes]]] = []
 
     def _take(self, data: bytes) -> int:
         if self.error is not None:
@@ -37,9 +39,11 @@ class ScriptedSocket:
         return count
 
     def send(self, data: bytes) -> int:
+        self.calls.append(("send", [data]))
         return self._take(data)
 
     def sendmsg(self, pieces: Sequence[bytes]) -> int:
+        self.calls.append(("sendmsg", list(pieces)))
         return self._take(b"".join(pieces))
 
 
@@ -264,3 +268,138 @@ class ScriptedSendTests(DirectWriteTestMixin, SynchronousTestCase):
         transport.registerProducer(producer, True)
         write(b"abcdef")
         self.assertEqual(producer.producerState, "paused")
+
+
+class BatchTests(DirectWriteTestMixin, SynchronousTestCase):
+    """
+    While L{BATCH} is open (a reactor turn dispatched by L{meshproxy.fastpoll}), direct writes are
+    held per transport and sent together by C{flush}.
+    """
+
+    def setUp(self) -> None:
+        BATCH.open()
+        self.addCleanup(BATCH.flush)
+
+    def test_heldUntilFlush(self) -> None:
+        """
+        Nothing reaches the socket before the flush; then everything does, in order, in one call.
+        """
+        transport, write, writeSequence = self.scripted(ScriptedSocket())
+        write(b"head ")
+        writeSequence([b"body", b" tail"])
+        write(b"!")
+        self.assertEqual(transport.socket.calls, [])  # type: ignore[attr-defined]
+        BATCH.flush()
+        self.assertEqual(transport.socket.calls,  # type: ignore[attr-defined]
+                         [("sendmsg", [b"head ", b"body", b" tail", b"!"])])
+        self.assertEqual(self.queued(transport), [])
+
+    def test_singleWriteIsPlainSend(self) -> None:
+        """
+        One held write goes out with C{send}; after the flush, writes are sent at once again.
+        """
+        transport, write, _ = self.scripted(ScriptedSocket())
+        write(b"one")
+        BATCH.flush()
+        write(b"two")
+        self.assertEqual(transport.socket.calls, [("send", [b"one"]), ("send", [b"two"])])  # type: ignore[attr-defined]
+
+    def test_perTransport(self) -> None:
+        """
+        Each transport gets its own bytes over a real socket pair.
+        """
+        (first, firstPeer), (second, secondPeer) = self.connection(), self.connection()
+        writeFirst, _ = directWriters(first)
+        writeSecond, writeSecondSequence = directWriters(second)
+        writeFirst(b"a1")
+        writeSecond(b"b1")
+        writeFirst(b"a2")
+        writeSecondSequence([b"b2", b"b3"])
+        self.assertEqual((self.receive(firstPeer), self.receive(secondPeer)), (b"", b""))
+        BATCH.flush()
+        self.assertEqual((self.receive(firstPeer), self.receive(secondPeer)), (b"a1a2", b"b1b2b3"))
+
+    def test_countedWhenHeld(self) -> None:
+        """
+        Bytes are counted when they are handed over, held or not.
+        """
+        transport, _ = self.connection()
+        counter = Counter()
+        write, writeSequence = directWriters(transport, counter)
+        write(b"abc")
+        writeSequence([b"de"])
+        self.assertEqual(counter.value, 5)
+
+    def test_busyTransportQueuesAtOnce(self) -> None:
+        """
+        A transport whose Twisted queue holds bytes gets later writes queued behind them at once:
+        holding them would not send them sooner.
+        """
+        transport, peer = self.connection()
+        write, writeSequence = directWriters(transport)
+        transport.write(b"1")
+        write(b"2")
+        writeSequence([b"3"])
+        self.assertEqual(self.queued(transport), [b"1", b"2", b"3"])
+        BATCH.flush()
+        transport.doWrite()
+        self.assertEqual(self.receive(peer), b"123")
+
+    def test_flushTransport(self) -> None:
+        """
+        C{flushTransport} sends one transport's held bytes now, so that bytes written next through
+        its own C{write} follow them; the other transports stay held.
+        """
+        (first, firstPeer), (second, secondPeer) = self.connection(), self.connection()
+        writeFirst, _ = directWriters(first)
+        writeSecond, _ = directWriters(second)
+        writeFirst(b"head")
+        writeSecond(b"other")
+        BATCH.flushTransport(first)
+        first.write(b"+relay")
+        first.doWrite()
+        self.assertEqual((self.receive(firstPeer), self.receive(secondPeer)), (b"head+relay", b""))
+        BATCH.flushTransport(first)  # nothing held any more: nothing sent twice
+        BATCH.flush()
+        self.assertEqual((self.receive(firstPeer), self.receive(secondPeer)), (b"", b"other"))
+
+    def test_closedBeforeFlush(self) -> None:
+        """
+        A transport that started closing after its bytes were held gets them through Twisted's
+        queue, which sends them before it closes; one that is gone drops them.
+        """
+        transport, peer = self.connection()
+        write, _ = directWriters(transport)
+        write(b"last words")
+        transport.loseConnection()
+        BATCH.flush()
+        self.assertEqual(self.queued(transport), [b"last words"])
+        transport.doWrite()
+        self.assertEqual(self.receive(peer), b"last words")
+        BATCH.open()
+        gone, gonePeer = self.connection()
+        write, _ = directWriters(gone)
+        write(b"lost")
+        gone.connected = False
+        BATCH.flush()
+        self.assertEqual((self.receive(gonePeer), self.queued(gone)), (b"", []))
+
+    def test_partialSendAtFlush(self) -> None:
+        """
+        What the kernel does not take at the flush is queued, from where it stopped.
+        """
+        transport, write, writeSequence = self.scripted(ScriptedSocket(accept=3))
+        write(b"ab")
+        writeSequence([b"cd", b"ef"])
+        BATCH.flush()
+        self.assertEqual(self.queued(transport), [b"d", b"ef"])
+
+    def test_openTwice(self) -> None:
+        """
+        Opening an open batch keeps what it holds.
+        """
+        transport, write, _ = self.scripted(ScriptedSocket())
+        write(b"held")
+        BATCH.open()
+        BATCH.flush()
+        self.assertEqual(transport.socket.sent, [b"held"])  # type: ignore[attr-defined]

@@ -8,11 +8,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy import fastpoll
+from meshproxy.proxy.directwrite import BATCH, directWriters
 
 
 class Reader:
@@ -20,9 +23,10 @@ class Reader:
     The least a selectable must be for the reactor: reads what arrives, records the close.
     """
 
-    def __init__(self, sock: socket.socket, fail: bool = False) -> None:
+    def __init__(self, sock: socket.socket, fail: bool = False, onRead: Any = None) -> None:
         self.sock = sock
         self.fail = fail
+        self.onRead = onRead
         self.received: list[bytes] = []
         self.lost: list[Failure] = []
 
@@ -34,6 +38,8 @@ class Reader:
 
     def doRead(self) -> Any:
         self.received.append(self.sock.recv(100))
+        if self.onRead is not None:
+            self.onRead()
         if self.fail:
             raise ValueError("broken protocol")
         return None
@@ -99,4 +105,48 @@ class FastPollTests(SynchronousTestCase):
         self.assertEqual(len(broken.lost), 1)
         self.assertEqual((fine.received, fine.lost), ([b"y"], []))
         self.assertNotIn(broken, self.reactor.getReaders())
+        self.reactor.removeAll()
+
+    def test_writesLeaveAfterTheTurn(self) -> None:
+        """
+        Direct writes made while the turn's events run are held, and sent once every event has
+        run, even when a selectable's C{doRead} raised; outside a turn, writes go out at once.
+        """
+        fastpoll.install(self.reactor)
+        (a, b), (c, d), (out, outPeer) = self.pair(), self.pair(), self.pair()
+        outPeer.setblocking(False)
+        transport = tcp.Connection(out, Protocol(), self.reactor)
+        transport.connected = True
+        write, _ = directWriters(transport)
+        seenByLater: list[bytes] = []
+
+        def peek() -> None:
+            try:
+                seenByLater.append(outPeer.recv(100))
+            except BlockingIOError:
+                seenByLater.append(b"")
+
+        first = Reader(a, fail=True, onRead=lambda: write(b"answer"))
+        self.reactor.addReader(first)
+        b.send(b"x")
+        self.reactor.doIteration(0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(outPeer.recv(100), b"answer")
+        self.assertIsNone(BATCH.pending)
+        self.reactor.removeAll()
+        def writeThenPeek(name: bytes) -> Any:
+            return lambda: (write(name), peek())
+
+        one, two = Reader(a, onRead=writeThenPeek(b"1")), Reader(c, onRead=writeThenPeek(b"2"))
+        self.reactor.addReader(one)
+        self.reactor.addReader(two)
+        b.send(b"y")
+        d.send(b"z")
+        self.reactor.doIteration(0)
+        # Both ran in the one turn (in whichever order epoll gave), each wrote and then looked:
+        # nothing had left yet.  Then both writes left, in one send.
+        self.assertEqual((one.received[-1:], two.received, seenByLater), ([b"y"], [b"z"], [b"", b""]))
+        self.assertIn(outPeer.recv(100), (b"12", b"21"))
+        write(b"now")
+        self.assertEqual(outPeer.recv(100), b"now")
         self.reactor.removeAll()

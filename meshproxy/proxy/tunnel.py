@@ -13,6 +13,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshproxy.proxy.directwrite import BATCH
 from meshproxy.sniff import switchProtocol
 
 
@@ -129,6 +130,10 @@ def startTunnel(
         idle.sides = (down, up)
     down.peer, up.peer = up, down
     downTransport, upTransport = server.transport, upstream.transport
+    # The 101 (and the upgrade request) may still be held for this reactor turn: out before the
+    # relay writes through the transports' own queues.
+    BATCH.flushTransport(downTransport)
+    BATCH.flushTransport(upTransport)
     switchProtocol(downTransport, server, down)
     switchProtocol(upTransport, upstream, up)
     down.makeConnection(downTransport)

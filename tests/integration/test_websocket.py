@@ -14,7 +14,7 @@ import struct
 from typing import Any, Awaitable, Callable
 
 from tests.integration.harness import waitFor
-from tests.integration.httpbackends import HTTPProxyTestCase, WebSocketServer
+from tests.integration.httpbackends import HTTPProxyTestCase, WebSocketServer, raw
 from tests.integration.httpwire import Wire, readResponse
 
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -247,3 +247,31 @@ class RefusedUpgradeTests(HTTPProxyTestCase):
         self.assertEqual((upgrade, connection), (["websocket"], ["upgrade"]))
         sock.sendall(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
         self.assertEqual(readResponse(wire).json()["target"], "/next")
+
+
+class SwitchOrderTests(HTTPProxyTestCase):
+    """
+    The bytes that follow a 101 leave after it.
+    """
+
+    def test_upstreamBytesWithThe101(self) -> None:
+        """
+        Bytes an upstream sends in the same packet as its 101 reach the client after the 101's
+        head, even though meshproxy writes the head through its own writer and the relay writes
+        through the transport's queue.
+        """
+        first = b"server speaks first"
+        backend = self.backend(raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n" + first,
+            close=False,
+        ))
+        self.proxy({"backend": [backend.address]})
+        for _ in range(5):
+            sock, wire = self.rawConnection()
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: x-test\r\n\r\n")
+            response = readResponse(wire, "GET")
+            self.assertEqual(response.status, 101)
+            received: list[bytes] = []
+            wire.readExactly(len(first), received.append)
+            self.assertEqual(b"".join(received), first)
+            sock.close()
