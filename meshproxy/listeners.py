@@ -71,10 +71,8 @@ class DownstreamConnection:
         self.bytesSent = listener.bytesSent
         self.accessLog = listener.accessLog
         self.onDrain: Any = None
-
-    @property
-    def draining(self) -> bool:
-        return self.listener.draining
+        #: Whether the listener drains (set with L{drainStarted}, read on every response).
+        self.draining = listener.draining
 
     def closed(self) -> None:
         """
@@ -94,6 +92,7 @@ class DownstreamConnection:
         """
         Tell the network filter the listener is draining (an HTTP connection closes when idle).
         """
+        self.draining = True
         if self.onDrain is not None:
             self.onDrain()
 

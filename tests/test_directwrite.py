@@ -330,20 +330,35 @@ class BatchTests(DirectWriteTestMixin, SynchronousTestCase):
         writeSequence([b"de"])
         self.assertEqual(counter.value, 5)
 
-    def test_busyTransportQueuesAtOnce(self) -> None:
+    def test_busyTransportQueuesBehind(self) -> None:
         """
-        A transport whose Twisted queue holds bytes gets later writes queued behind them at once:
-        holding them would not send them sooner.
+        Bytes held for a transport whose Twisted queue is not empty at the flush are queued behind
+        what Twisted holds, and leave after it.
         """
         transport, peer = self.connection()
         write, writeSequence = directWriters(transport)
         transport.write(b"1")
         write(b"2")
         writeSequence([b"3"])
-        self.assertEqual(self.queued(transport), [b"1", b"2", b"3"])
+        self.assertEqual(self.queued(transport), [b"1"])
         BATCH.flush()
+        self.assertEqual(self.queued(transport), [b"1", b"2", b"3"])
         transport.doWrite()
         self.assertEqual(self.receive(peer), b"123")
+
+    def test_queueDrainedDuringTheTurn(self) -> None:
+        """
+        When Twisted's queue empties later in the same turn (the transport's write event came after
+        the write), the held bytes are sent directly at the flush, after the queued ones.
+        """
+        transport, peer = self.connection()
+        write, _ = directWriters(transport)
+        transport.write(b"first ")
+        write(b"second")
+        transport.doWrite()
+        self.assertEqual(self.queued(transport), [])
+        BATCH.flush()
+        self.assertEqual(self.receive(peer), b"first second")
 
     def test_flushTransport(self) -> None:
         """

@@ -9,7 +9,8 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.protocol import ClientCreator, Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -150,3 +151,167 @@ class FastPollTests(SynchronousTestCase):
         write(b"now")
         self.assertEqual(outPeer.recv(100), b"now")
         self.reactor.removeAll()
+
+
+class Recorder(Protocol):
+    """
+    Records what arrives and how the connection ended; can be told to fail or to abort a peer.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure] = []
+        self.fail = False
+        self.onData: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if self.onData is not None:
+            self.onData()
+        if self.fail:
+            raise ValueError("broken protocol")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+
+class TCPReadTests(SynchronousTestCase):
+    """
+    Read events of real TCP connections on an epoll reactor instance with L{fastpoll.doPoll}:
+    handled in the loop with Twisted's semantics.
+    """
+
+    def setUp(self) -> None:
+        if fastpoll.EPollReactor is None:
+            raise self.skipTest("no epoll here")
+        self.reactor = fastpoll.EPollReactor()
+        fastpoll.install(self.reactor)
+        self.servers: list[Recorder] = []
+        factory = Factory.forProtocol(Recorder)
+        factory.buildProtocol = lambda addr: self._server()  # type: ignore[method-assign]
+        self.port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self._close)
+
+    def _server(self) -> Recorder:
+        protocol = Recorder()
+        self.servers.append(protocol)
+        return protocol
+
+    def _close(self) -> None:
+        for selectable in self.reactor.removeAll():
+            if selectable is not self.port:
+                selectable.connectionLost(Failure(ConnectionDone()))
+        self.port.connectionLost(Failure(ConnectionDone()))
+        waker = self.reactor.waker
+        if waker is not None:
+            waker.connectionLost(None)
+        self.reactor._poller.close()
+
+    def spin(self, until: Any, turns: int = 200) -> None:
+        for _ in range(turns):
+            if until():
+                return
+            self.reactor.iterate(0.01)
+        self.fail("condition not reached")
+
+    def client(self) -> tuple[Recorder, Any]:
+        """
+        A connected client and the server side's transport.
+        """
+        protocol = Recorder()
+        count = len(self.servers)
+        creator = ClientCreator(self.reactor, lambda: protocol)
+        creator.connectTCP("127.0.0.1", self.port.getHost().port)
+        self.spin(lambda: protocol.transport is not None and len(self.servers) > count)
+        self.assertIsInstance(protocol.transport, tcp.Client)
+        self.assertIsInstance(self.servers[-1].transport, tcp.Server)
+        return protocol, self.servers[-1].transport
+
+    def test_bytesBothWays(self) -> None:
+        """
+        Bytes reach the protocol on either side.
+        """
+        client, serverTransport = self.client()
+        dispatched: list[Any] = []
+        dispatch = self.reactor._doReadOrWrite
+        self.reactor._doReadOrWrite = lambda *args: (dispatched.append(args), dispatch(*args))
+        client.transport.write(b"ping")
+        self.spin(lambda: self.servers[0].received)
+        serverTransport.write(b"pong")
+        self.spin(lambda: client.received)
+        self.assertEqual((self.servers[0].received, client.received), ([b"ping"], [b"pong"]))
+        # The reads were handled in the loop; only the write events (Twisted's queued writes)
+        # went through Twisted's dispatch.
+        self.assertEqual([event & fastpoll.EPOLLIN for _, _, event in dispatched], [0] * len(dispatched))
+
+    def test_eofIsConnectionDone(self) -> None:
+        """
+        An empty read (the peer's FIN) ends the connection cleanly.
+        """
+        client, _ = self.client()
+        client.transport.loseConnection()
+        self.spin(lambda: self.servers[0].lost)
+        self.assertTrue(self.servers[0].lost[0].check(ConnectionDone))
+
+    def test_errorDisconnectsOnlyThatConnection(self) -> None:
+        """
+        An exception from C{dataReceived} is logged and ends that connection with it as the
+        reason; another connection served in the same turn is not disturbed.
+        """
+        first, _ = self.client()
+        second, _ = self.client()
+        self.servers[0].fail = True
+        first.transport.write(b"boom")
+        second.transport.write(b"fine")
+        self.spin(lambda: self.servers[0].lost and self.servers[1].received)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertTrue(self.servers[0].lost[0].check(ValueError))
+        self.assertEqual((self.servers[1].received, self.servers[1].lost), ([b"fine"], []))
+
+    def test_abortedInTheSameTurn(self) -> None:
+        """
+        A connection aborted by another connection's handler earlier in the same turn gets no
+        more bytes, even though its read event was already polled: the abort took it out of the
+        reactor's selectables, and the loop skips events of descriptors no longer there.
+        """
+        first, _ = self.client()
+        second, _ = self.client()
+        protocols = self.servers[:2]
+
+        def abortTheOther(index: int) -> Any:
+            return lambda: protocols[1 - index].transport.abortConnection()
+
+        protocols[0].onData = abortTheOther(0)
+        protocols[1].onData = abortTheOther(1)
+        first.transport.write(b"a")
+        second.transport.write(b"b")
+        for _ in range(3):
+            self.reactor.iterate(0.05)  # both writes are polled in one turn or in two
+        # Whichever ran first aborted the other, which never saw its bytes.
+        self.assertEqual(sorted(len(p.received) for p in protocols), [0, 1])
+        self.assertTrue(any(p.lost and p.lost[0].check(ConnectionAborted) for p in protocols))
+
+    def test_instanceDoReadIsTwisteds(self) -> None:
+        """
+        A connection whose instance replaced C{doRead} (a client still connecting has
+        C{doConnect} there, an aborted connection a no-op) has its read events go through
+        Twisted's dispatch to that C{doRead}: the loop does not read its socket.
+        """
+        client, serverTransport = self.client()
+        calls: list[str] = []
+        serverTransport.doRead = lambda: calls.append("instance doRead")  # type: ignore[method-assign]
+        real = self.reactor._poller
+        fd = serverTransport.fileno()
+
+        class OneReadEvent:
+            def poll(self, timeout: float, maxEvents: int) -> list[tuple[int, int]]:
+                return [(fd, fastpoll.EPOLLIN)]
+
+        client.transport.write(b"unread")
+        self.spin(lambda: not client.transport.dataBuffer and not client.transport._tempDataBuffer)
+        self.reactor._poller = OneReadEvent()
+        try:
+            self.reactor.doIteration(0)
+        finally:
+            self.reactor._poller = real
+        self.assertEqual((calls, self.servers[0].received), (["instance doRead"], []))

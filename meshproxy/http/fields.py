@@ -44,6 +44,28 @@ _BAD_BYTE_REASONS: Final = {b"\x00": "nul", b"\r": "bare-cr", b"\n": "bare-lf"}
 HOST: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+;=%]*)(?::[0-9]*)?"
 )
+# Host values already found valid: a Host repeats on nearly every request of a connection and
+# across clients, so the usual request is checked with a set lookup instead of the pattern.  At most
+# _KNOWN_HOSTS_MAX values of at most 255 bytes are kept; the set is emptied when full.
+_KNOWN_HOSTS: Final[set[bytes]] = set()
+_KNOWN_HOSTS_MAX: Final = 1024
+
+
+def isValidHost(value: bytes) -> bool:
+    """
+    Whether C{value} is a valid Host field value (L{HOST}), remembering short valid values.
+    """
+    if value in _KNOWN_HOSTS:
+        return True
+    if HOST.fullmatch(value) is None:
+        return False
+    if len(value) <= 255:
+        if len(_KNOWN_HOSTS) >= _KNOWN_HOSTS_MAX:
+            _KNOWN_HOSTS.clear()
+        _KNOWN_HOSTS.add(value)
+    return True
+
+
 _PARAMETERS: Final = (
     rb"(?:[ \t]*;[ \t]*" + TOKEN + rb"+(?:=(?:" + TOKEN + rb"+|\"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*\"))?)*"
 )

@@ -15,7 +15,6 @@ from typing import Final
 
 from meshproxy.http.events import HTTPParseError, RequestHead, ResponseHead
 from meshproxy.http.fields import (
-    HOST as _HOST,
     NO_TOKENS,
     TOKEN,
     SPECIAL_NAMES,
@@ -26,6 +25,7 @@ from meshproxy.http.fields import (
     expectsContinue,
     fieldSectionError,
     isChunked,
+    isValidHost,
     splitFields,
     valuesOf,
 )
@@ -193,7 +193,7 @@ def parseRequestHead(
             if lnames.count(b"host") > 1:
                 raise HTTPParseError(400, "duplicate-host")
             host = headers[lnames.index(b"host")][1]
-            if _HOST.fullmatch(host) is None:
+            if not isValidHost(host):
                 raise HTTPParseError(400, "bad-host")
             if len(hits) == 1:
                 hits = NO_TOKENS

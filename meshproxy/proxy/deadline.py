@@ -27,6 +27,8 @@ class Deadline:
     @ivar at: when it passes (the clock's seconds).
     """
 
+    __slots__ = ("_clock", "_onExpired", "_call", "_firesAt", "kind", "at")
+
     def __init__(self, clock: IReactorTime, onExpired: Callable[[str], None]) -> None:
         self._clock = clock
         self._onExpired = onExpired

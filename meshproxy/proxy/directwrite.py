@@ -177,12 +177,12 @@ def _direct(transport: Any, counter: Any, batch: WriteBatch = BATCH) -> tuple[Wr
             sendNow(data)
             return
         held = pending.get(transport)
-        if held is not None:
-            held.append(data)
-        elif busy():
-            queueWrite(data)  # behind what Twisted holds; the batch would not send sooner
-        else:
+        if held is None:
+            # Whether Twisted holds bytes for this transport is asked at the flush: they are sent
+            # (or queued) behind whatever it still holds then.
             pending[transport] = [sendHeld, data]
+        else:
+            held.append(data)
 
     def writeSequence(pieces: Sequence[bytes]) -> None:
         if batch.pending is not None:

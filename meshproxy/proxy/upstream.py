@@ -48,6 +48,12 @@ class UpstreamConnection(Protocol):
 
     CONNECTING, IDLE, BUSY, UPGRADED, CLOSED = "CONNECTING", "IDLE", "BUSY", "UPGRADED", "CLOSED"
 
+    # Slots for the per-request state (Protocol has no __slots__: anything else goes to the dict).
+    __slots__ = (
+        "pool", "host", "cluster", "state", "parser", "exchange", "requestsSent", "idleSince",
+        "responseStarted", "responseKeepAlive", "_onReady", "write", "writeSequence",
+    )
+
     def __init__(self, pool: Any, host: UpstreamHost, cluster: Cluster, limits: HTTPLimits) -> None:
         self.pool = pool
         self.host = host
