@@ -29,7 +29,8 @@ from meshproxy.config import Config, ConfigError, HTTPProxyConfig, Problem, TCPP
 from meshproxy.http import HTTPLimits
 from meshproxy.interfaces import INetworkFilterFactory
 from meshproxy.listeners import FilterChainRuntime, ListenerFactory, ListenerService
-from meshproxy.proxy.http import HTTPProxyFilter, HTTPSettings
+from meshproxy.proxy.httpfilter import HTTPProxyFilter
+from meshproxy.proxy.httpsettings import HTTPSettings
 from meshproxy.proxy.tcp import TCPProxyFilter
 from meshproxy.proxy.upstream import dialerFor
 from meshproxy.routing.table import RouteTable, RouteTables, routerProblems
@@ -292,7 +293,8 @@ class MeshProxyService(MultiService):
         super().startService()
         self.state = "running"
         if self._fastPoll and fastpoll.install(self.reactor):
-            self.log.debug("epoll events dispatched without the legacy log context (meshproxy.fastpoll)")
+            self.log.debug("epoll events dispatched by meshproxy.fastpoll (no legacy log context, TCP reads "
+                           "in the loop, one send per socket per turn)")
         if self._installSignalHandlers:
             # twistd's own handlers make the process exit *by* the signal once the reactor stops;
             # a drained, orderly stop is a success, so exit 0 instead.  The reactor installs its

@@ -17,7 +17,9 @@ from meshproxy.cluster.pool import PoolSet
 from meshproxy.config import HTTPProxyConfig
 from meshproxy.http import HTTPLimits
 from meshproxy.listeners import ListenerFactory
-from meshproxy.proxy.http import HTTPProxyFilter, HTTPServerConnection, HTTPSettings
+from meshproxy.proxy.http import HTTPServerConnection
+from meshproxy.proxy.httpfilter import HTTPProxyFilter
+from meshproxy.proxy.httpsettings import HTTPSettings
 from meshproxy.proxy.upstream import UpstreamConnection, dialerFor
 from meshproxy.routing.table import RouteTables
 from meshproxy.service import httpSettings

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.proxy.http import HTTPSettings
+from meshproxy.proxy.httpsettings import HTTPSettings
 from tests.proxyharness import OK, ONE_HOST, ProxyHarness, errorReply, forwarded, request
 
 ENTRIES: list[dict[str, Any]] = [

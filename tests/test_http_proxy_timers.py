@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.proxy.http import HTTPSettings
+from meshproxy.proxy.httpsettings import HTTPSettings
 from tests.proxyharness import ONE_HOST, ProxyHarness, forwarded, request
 
 HEADER_408 = (

@@ -41,7 +41,7 @@ _BAD_BYTE_REASONS: Final = {b"\x00": "nul", b"\r": "bare-cr", b"\n": "bare-lf"}
 
 # uri-host [":" port] (RFC 3986), except that "," is refused in a reg-name:
 # an intermediary that folds fields into lists would read "a,b" as two Hosts.
-HOST: Final = re.compile(
+_HOST: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+;=%]*)(?::[0-9]*)?"
 )
 # Host values already found valid: a Host repeats on nearly every request of a connection and
@@ -53,11 +53,11 @@ _KNOWN_HOSTS_MAX: Final = 1024
 
 def isValidHost(value: bytes) -> bool:
     """
-    Whether C{value} is a valid Host field value (L{HOST}), remembering short valid values.
+    Whether C{value} is a valid Host field value (L{_HOST}), remembering short valid values.
     """
     if value in _KNOWN_HOSTS:
         return True
-    if HOST.fullmatch(value) is None:
+    if _HOST.fullmatch(value) is None:
         return False
     if len(value) <= 255:
         if len(_KNOWN_HOSTS) >= _KNOWN_HOSTS_MAX:

@@ -10,20 +10,16 @@ A 101 answer to an Upgrade switches both sides to a raw relay.
 
 from __future__ import annotations
 
-import random
-import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshproxy.accesslog import httpRecord
-from meshproxy.cluster.cluster import ClusterSet, UpstreamHost
-from meshproxy.cluster.pool import PoolSet
-from meshproxy.config import HTTPProxyConfig
+from meshproxy.cluster.cluster import UpstreamHost
 from meshproxy.http import (
     NEED_DATA,
     SERVER,
@@ -36,91 +32,18 @@ from meshproxy.http import (
     reasonPhrase,
     responseHead,
 )
-from meshproxy.interfaces import IDownstreamConnection, INetworkFilterFactory
+from meshproxy.interfaces import IDownstreamConnection
 from meshproxy.proxy.deadline import Deadline
 from meshproxy.proxy import httprequest, httpresponse
 from meshproxy.proxy.directwrite import directWriters, setNoDelay
-from meshproxy.proxy.httpsettings import HTTPSettings, HTTPStats
-from meshproxy.proxy.forward import (
-    CHUNKED,
-    RequestDropSets,
-    XFCC,
-    RequestIds,
-    clientCertValue,
-    clientRequestId,
-    upstreamRequestFields,
-)
+from meshproxy.proxy.forward import CHUNKED, clientCertValue, clientRequestId, upstreamRequestFields
 from meshproxy.routing.hashpolicy import hashKey
-from meshproxy.routing.table import RouteTable, splitTarget
-from meshproxy.stats import StatsStore
+from meshproxy.routing.table import splitTarget
+
+if TYPE_CHECKING:
+    from meshproxy.proxy.httpfilter import HTTPProxyFilter
 
 _SLASH = ord("/")
-
-
-@implementer(INetworkFilterFactory)
-class HTTPProxyFilter:
-    """
-    Builds an L{HTTPServerConnection} per client connection of a C{proxy} filter chain.
-    """
-
-    name = "proxy"
-
-    def __init__(
-        self,
-        config: HTTPProxyConfig,
-        routes: RouteTable,
-        clusters: ClusterSet,
-        pools: PoolSet,
-        clock: IReactorTime,
-        stats: StatsStore,
-        listenerName: str,
-        settings: HTTPSettings | None = None,
-        rng: random.Random | None = None,
-        registry: Any = None,
-    ) -> None:
-        self.config = config
-        self.rng = rng or random.Random()
-        #: The router registry runtime (L{meshproxy.gorouter.RouterRegistryRuntime}) when the filter
-        #: has C{use_router_registry}: requests no static route takes are looked up there.
-        self.registry = registry
-        self.routes = routes
-        self.clusters = clusters
-        self.pools = pools
-        self.clock = clock
-        self.settings = settings or HTTPSettings()
-        self.stats = HTTPStats(stats, listenerName)
-        mode = config.forwardClientCertDetails
-        # The modes that do not pass the client's own X-Forwarded-Client-Cert on.
-        self.sanitizeXFCC = mode in ("SANITIZE", "SANITIZE_SET")
-        self.setXFCC = mode in ("SANITIZE_SET", "APPEND_FORWARD")
-        self.dropSets = RequestDropSets(frozenset([XFCC]) if self.sanitizeXFCC else frozenset())
-        self._followers: weakref.WeakSet[HTTPProxyFilter] = weakref.WeakSet()
-        # Routes that match on X-Forwarded-Client-Cert must not see one the client made up.
-        self.routesUseXFCC = routes.matchesHeader(XFCC)
-        self.requestIds = RequestIds()
-
-    def follow(self, newer: HTTPProxyFilter) -> None:
-        """
-        After a reload: route the next requests of this filter's open connections with C{newer}'s
-        route table and clusters (requests in flight keep the route and cluster they started with).
-        """
-        for follower in [self, *self._followers]:
-            follower.routes = newer.routes
-            follower.clusters = newer.clusters
-            follower.dropSets = newer.dropSets  # cached by route identity: never mix two tables' routes
-            follower.routesUseXFCC = newer.routesUseXFCC
-            follower.registry = newer.registry
-            newer._followers.add(follower)  # and the reload after next, for connections still open
-        self._followers.clear()
-
-    def acceptsProtocol(self, protocol: str) -> bool:
-        """
-        HTTP/1 always; anything else only when no fallback filter follows (it then gets a 400).
-        """
-        return protocol == "http1" or (not self.config.fallbackForUnknownProtocol and protocol != "tls")
-
-    def buildProtocol(self, downstream: IDownstreamConnection) -> HTTPServerConnection:
-        return HTTPServerConnection(self, downstream)
 
 
 @implementer(IHalfCloseableProtocol)
